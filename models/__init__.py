@@ -1,0 +1,1 @@
+"""UAAFusion models: the unfolded fusion network, the segmenters and the attribution functions."""

@@ -1,0 +1,430 @@
+"""Attribution analysis of Sec. III-B: class-wise IG weights (Eq. 5–8) and path attention (Eq. 9–12).
+
+Everything here is a plain function of a scoring model (any callable mapping (B, 1, H, W) images to
+(B, C, H, W) class scores), the images and a region map; results are detached constants for the fusion
+network. Shapes: images (N, 1, H, W) in [0, 1]; regions (N, H, W) long class indices, ``ignore_index``
+marking pixels that belong to no region.
+
+Exactness notes. The naive IG form runs one backward pass per class per step per modality. The fast form
+computes the same numbers with one forward pass over all steps and both modalities stacked in the batch,
+and R backward passes, R = the largest number of classes in any single image: pass r differentiates the
+sum over images of each image's r-th class score. Both rely on the scoring model treating batch items
+independently (eval mode: no batch statistics, no dropout), which :func:`prepare_scoring_model` ensures.
+The release's behaviours that couple the batch (pooled regions, training-mode segmenter) use the
+per-step loops instead.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ScoringModel = Callable[[torch.Tensor], torch.Tensor]
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+SCORE_ACTIVATIONS = ("none", "softmax", "sigmoid")
+IG_METHODS = ("fast", "naive")
+REGION_POOLINGS = ("image", "batch")
+REGION_NORMALIZATIONS = ("sum", "release_mean")
+SEGMENTER_MODES = ("eval", "follow")
+ATTENTION_METHODS = ("ig", "grad")
+ATTENTION_REDUCTIONS = ("sum", "mean")
+ATTENTION_SCORES = ("region", "masked_mean")
+
+
+@dataclass
+class AttributionSettings:
+    """How attribution is computed; the YAML block ``attribution:`` maps onto these fields.
+
+    Attributes:
+        ig_steps: M, the Riemann steps of Eq. 7 (paper 5).
+        eps: ε of Eq. 8 (release 1e-8).
+        score_activation: what turns the segmenter output into the scores y of Eq. 5/9: ``none`` (use it
+            as it is: logits for DeepLabV3+, sigmoid outputs for the release's segmenter), ``softmax``
+            or ``sigmoid``.
+        ig_method: ``fast`` (scheduled backward passes) or ``naive`` (one backward per class per step).
+        region_pooling: ``image`` (paper, per image) or ``batch`` (release row 5: region sums pooled over
+            the batch, so batch items influence each other).
+        region_normalization: ``sum`` (paper: region sum of S^c) or ``release_mean`` (release row 6: region
+            mean, 1/M after the ReLU; changes w only through ε).
+        segmenter_mode: ``eval`` (paper default: attribution with the segmenter in eval mode) or ``follow``
+            (release row 15: whatever mode the segmenter is in, i.e. training mode during training).
+        attention: ``ig`` (Eq. 12 path attribution) or ``grad`` (ablation II: plain gradient at I^(k-1)).
+        attention_substeps: samples per path segment (Table IV's k, 2k, ..., 5k → 1..5).
+        attention_reduction: ``sum`` (Eq. 12) or ``mean`` (release row 3: running mean of the terms).
+        attention_score: ``region`` (Eq. 9: mean over pixels of each pixel's region-class score) or
+            ``masked_mean`` (release row 4: mean of mask ⊙ scores over batch, classes and pixels; the mask is
+            the one-hot label in training and the segmenter's output on I^(0) at inference).
+        fold_batchnorm: score with an eval-mode copy whose BatchNorm layers are folded into the convolutions
+            (same numbers, fewer operations); only used with ``segmenter_mode: eval``.
+        ignore_index: label value of pixels outside every region.
+    """
+
+    ig_steps: int = 5
+    eps: float = 1e-8
+    score_activation: str = "none"
+    ig_method: str = "fast"
+    region_pooling: str = "image"
+    region_normalization: str = "sum"
+    segmenter_mode: str = "eval"
+    attention: str = "ig"
+    attention_substeps: int = 1
+    attention_reduction: str = "sum"
+    attention_score: str = "region"
+    fold_batchnorm: bool = True
+    ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        choices = {
+            "score_activation": SCORE_ACTIVATIONS,
+            "ig_method": IG_METHODS,
+            "region_pooling": REGION_POOLINGS,
+            "region_normalization": REGION_NORMALIZATIONS,
+            "segmenter_mode": SEGMENTER_MODES,
+            "attention": ATTENTION_METHODS,
+            "attention_reduction": ATTENTION_REDUCTIONS,
+            "attention_score": ATTENTION_SCORES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"attribution.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.ig_steps < 1 or self.attention_substeps < 1:
+            raise ValueError("attribution.ig_steps and attribution.attention_substeps must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def apply_score_activation(raw: torch.Tensor, activation: str) -> torch.Tensor:
+    """Scores y from the segmenter output (B, C, H, W)."""
+    if activation == "none":
+        return raw
+    if activation == "softmax":
+        return raw.softmax(dim=1)
+    if activation == "sigmoid":
+        return torch.sigmoid(raw)
+    raise ValueError(f"unknown score activation {activation!r}; choose from {SCORE_ACTIVATIONS}")
+
+
+def region_one_hot(regions: torch.Tensor, num_classes: int, ignore_index: int, dtype: torch.dtype) -> torch.Tensor:
+    """(N, H, W) class indices → (N, C, H, W) one-hot; ignored or out-of-range pixels are all-zero."""
+    valid = (regions >= 0) & (regions < num_classes) & (regions != ignore_index)
+    onehot = F.one_hot(torch.where(valid, regions, 0), num_classes).permute(0, 3, 1, 2)
+    return (onehot * valid.unsqueeze(1)).to(dtype)
+
+
+def class_schedule(onehot: torch.Tensor) -> torch.Tensor:
+    """(R, N) long: entry [r, n] is image n's r-th present class (ascending), -1 when it has fewer than r+1.
+
+    R is the largest number of classes present in one image (0 rows when no image has any region).
+    """
+    present = onehot.sum(dim=(2, 3)) > 0  # (N, C)
+    per_image = [torch.nonzero(row).flatten() for row in present]
+    rounds = max((len(c) for c in per_image), default=0)
+    schedule = torch.full((rounds, len(per_image)), -1, dtype=torch.long, device=onehot.device)
+    for n, classes in enumerate(per_image):
+        schedule[: len(classes), n] = classes
+    return schedule
+
+
+def input_gradient(score_fn: ScoreFn, x: torch.Tensor) -> torch.Tensor:
+    """∂(Σ_n score_fn(x)_n)/∂x, i.e. each image's score gradient when items are independent. Same shape as x."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(score_fn(x).sum(), x)
+    return grad
+
+
+def fold_batchnorm_(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d inside a Sequential (in place)."""
+    for child in module.children():
+        fold_batchnorm_(child)
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = module._modules[first], module._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                module._modules[first] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+                module._modules[second] = nn.Identity()
+    return module
+
+
+def prepare_scoring_model(segmenter: nn.Module, fold_batchnorm: bool = True) -> nn.Module:
+    """An eval-mode, gradient-free copy of ``segmenter`` for attribution (optionally BatchNorm-folded)."""
+    scoring = copy.deepcopy(segmenter).eval()
+    scoring.requires_grad_(False)
+    if fold_batchnorm:
+        fold_batchnorm_(scoring)
+    return scoring
+
+
+# ------------------------------------------------------------------------- class-wise IG (Eq. 5–8)
+
+
+def ig_region_attributions_naive(
+    model: ScoringModel,
+    image: torch.Tensor,
+    regions: torch.Tensor,
+    num_classes: int,
+    steps: int = 5,
+    activation: str = "none",
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Region sums of the IG maps, the literal loop: one backward per class per step.
+
+    For each image n and class c present in it: r[n, c] = Σ_{p∈c} S^c_n(p) with
+    S^c = Σ_{j=1..M} ∂Score^c(j/M·I)/∂(j/M·I) · I/M (Eq. 7) and Score^c = region mean of y^c (Eq. 5).
+
+    Args:
+        model: maps (B, 1, H, W) to (B, C, H, W); must treat batch items independently.
+        image: (N, 1, H, W).
+        regions: (N, H, W) long.
+    Returns:
+        (N, C) in the image's dtype; 0 where the class is absent.
+    """
+    onehot = region_one_hot(regions, num_classes, ignore_index, image.dtype)
+    counts = onehot.sum(dim=(2, 3)).clamp(min=1)  # (N, C)
+    present = torch.nonzero(onehot.sum(dim=(0, 2, 3)) > 0).flatten().tolist()
+    out = image.new_zeros(image.shape[0], num_classes)
+    for j in range(1, steps + 1):
+        with torch.enable_grad():
+            x = (image.detach() * (j / steps)).requires_grad_(True)
+            scores = apply_score_activation(model(x), activation)
+            for idx, c in enumerate(present):
+                class_score = (scores[:, c] * onehot[:, c]).sum(dim=(1, 2)) / counts[:, c]  # (N,) Eq. 5
+                (grad,) = torch.autograd.grad(class_score.sum(), x, retain_graph=idx < len(present) - 1)
+                out[:, c] += ((grad * image).sum(dim=1) * onehot[:, c]).sum(dim=(1, 2)) / steps
+    return out.detach()
+
+
+def ig_region_attributions_fast(
+    model: ScoringModel,
+    images: Sequence[torch.Tensor],
+    regions: torch.Tensor,
+    num_classes: int,
+    steps: int = 5,
+    activation: str = "none",
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Same numbers as :func:`ig_region_attributions_naive` for several modalities at once, exactly.
+
+    All steps of all modalities go through one forward pass; backward pass r differentiates
+    Σ_n Score^{c_{n,r}}_n, where c_{n,r} is image n's r-th class, which gives every image the gradient of
+    its own class score because batch items are independent. Passes = max classes in one image.
+
+    Args:
+        images: T tensors (N, 1, H, W) sharing ``regions`` (e.g. [I_ir, I_vi]).
+    Returns:
+        (T, N, C).
+    """
+    stacked = torch.stack([im.detach() for im in images])  # (T, N, 1, H, W)
+    n_mod, batch = stacked.shape[:2]
+    onehot = region_one_hot(regions, num_classes, ignore_index, stacked.dtype)
+    counts = onehot.sum(dim=(2, 3)).clamp(min=1)
+    schedule = class_schedule(onehot)
+    out = stacked.new_zeros(n_mod, batch, num_classes)
+    if schedule.shape[0] == 0:
+        return out
+    alphas = torch.arange(1, steps + 1, dtype=stacked.dtype, device=stacked.device) / steps
+    with torch.enable_grad():
+        x = (alphas.view(1, steps, 1, 1, 1, 1) * stacked.unsqueeze(1)).flatten(0, 2).requires_grad_(True)
+        scores = apply_score_activation(model(x), activation)
+        scores = scores.view(n_mod, steps, batch, num_classes, *scores.shape[-2:])
+        for r, classes in enumerate(schedule):
+            active = classes >= 0
+            chosen = F.one_hot(classes.clamp(min=0), num_classes).to(stacked.dtype) * active.unsqueeze(1)  # (N, C)
+            weight = onehot * (chosen / counts)[:, :, None, None]  # Eq. 5's region mean, chosen class only
+            (grad,) = torch.autograd.grad((scores * weight).sum(), x, retain_graph=r < len(schedule) - 1)
+            grad = grad.view(n_mod, steps, batch, *grad.shape[1:]).sum(dim=1)  # Σ_j over the M steps
+            region = (onehot * chosen[:, :, None, None]).sum(dim=1)  # (N, H, W) pixels of the chosen class
+            values = ((grad * stacked).sum(dim=2) * region).sum(dim=(2, 3)) / steps  # (T, N)
+            index = classes.clamp(min=0).view(1, batch, 1).expand(n_mod, batch, 1)
+            out.scatter_add_(2, index, (values * active).unsqueeze(2))
+    return out.detach()
+
+
+def ig_region_attributions_batch_pooled(
+    model: ScoringModel,
+    image: torch.Tensor,
+    regions: torch.Tensor,
+    num_classes: int,
+    steps: int = 5,
+    activation: str = "none",
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Release row 5: region scores and sums pooled over the whole batch.
+
+    For each step j and class c present anywhere in the batch, t = mean of y^c over all region-c pixels of
+    the batch, G = ∂t/∂(j/M·I), and r[c] += Σ_{n, p∈c} G·I / M. One forward per step (the model may be in
+    training mode, as in the release), one backward per class.
+
+    Returns:
+        (C,): batch-level region sums (0 for absent classes).
+    """
+    onehot = region_one_hot(regions, num_classes, ignore_index, image.dtype)
+    counts = onehot.sum(dim=(0, 2, 3))  # (C,)
+    present = torch.nonzero(counts > 0).flatten().tolist()
+    out = image.new_zeros(num_classes)
+    for j in range(1, steps + 1):
+        with torch.enable_grad():
+            x = (image.detach() * (j / steps)).requires_grad_(True)
+            scores = apply_score_activation(model(x), activation)
+            for idx, c in enumerate(present):
+                pooled_score = (scores[:, c] * onehot[:, c]).sum() / counts[c]
+                (grad,) = torch.autograd.grad(pooled_score, x, retain_graph=idx < len(present) - 1)
+                out[c] += ((grad * image).sum(dim=1) * onehot[:, c]).sum() / steps
+    return out.detach()
+
+
+def attribution_weights(
+    a_ir: torch.Tensor,
+    a_vi: torch.Tensor,
+    regions: torch.Tensor,
+    num_classes: int,
+    eps: float = 1e-8,
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8: w1 = (ReLU(a_ir) + ε) / (ReLU(a_ir) + ReLU(a_vi) + 2ε) on each region, w2 = 1 − w1.
+
+    Args:
+        a_ir, a_vi: (N, C) per-image or (C,) batch-level region attributions.
+        regions: (N, H, W).
+    Returns:
+        w_ir, w_vi: (N, 1, H, W) in [0, 1]; 0.5 on pixels outside every region.
+    """
+    a_ir, a_vi = F.relu(a_ir), F.relu(a_vi)
+    per_class = (a_ir + eps) / (a_ir + a_vi + 2 * eps)
+    if per_class.dim() == 1:
+        per_class = per_class.expand(regions.shape[0], -1)
+    valid = (regions >= 0) & (regions < num_classes) & (regions != ignore_index)
+    w_ir = per_class.gather(1, torch.where(valid, regions, 0).flatten(1)).view_as(regions)
+    w_ir = torch.where(valid, w_ir, torch.full_like(w_ir, 0.5)).unsqueeze(1)
+    return w_ir, 1.0 - w_ir
+
+
+def ig_attribution_weights(
+    model: ScoringModel,
+    ir: torch.Tensor,
+    vi: torch.Tensor,
+    regions: torch.Tensor,
+    num_classes: int,
+    settings: AttributionSettings,
+) -> dict[str, torch.Tensor]:
+    """Class-wise attribution weights for a batch (Eq. 5–8) under ``settings``.
+
+    Returns:
+        dict with ``w_ir``, ``w_vi`` (N, 1, H, W) in [0, 1] and ``a_ir``, ``a_vi`` (the normalised region
+        attributions before the ReLU: (N, C) per image or (C,) pooled over the batch).
+    """
+    args = dict(num_classes=num_classes, steps=settings.ig_steps, activation=settings.score_activation,
+                ignore_index=settings.ignore_index)
+    onehot = region_one_hot(regions, num_classes, settings.ignore_index, ir.dtype)
+    if settings.region_pooling == "batch":
+        a_ir = ig_region_attributions_batch_pooled(model, ir, regions, **args)
+        a_vi = ig_region_attributions_batch_pooled(model, vi, regions, **args)
+        counts = onehot.sum(dim=(0, 2, 3))
+    elif settings.ig_method == "fast":
+        a_ir, a_vi = ig_region_attributions_fast(model, [ir, vi], regions, **args)
+        counts = onehot.sum(dim=(2, 3))
+    else:
+        a_ir = ig_region_attributions_naive(model, ir, regions, **args)
+        a_vi = ig_region_attributions_naive(model, vi, regions, **args)
+        counts = onehot.sum(dim=(2, 3))
+    if settings.region_normalization == "release_mean":
+        # Region mean instead of region sum. The release divides by M after its ReLU; M > 0 commutes with
+        # the ReLU, so dividing here gives the same values.
+        a_ir, a_vi = a_ir / counts.clamp(min=1), a_vi / counts.clamp(min=1)
+    w_ir, w_vi = attribution_weights(a_ir, a_vi, regions, num_classes, settings.eps, settings.ignore_index)
+    return {"w_ir": w_ir, "w_vi": w_vi, "a_ir": a_ir, "a_vi": a_vi}
+
+
+# ------------------------------------------------------------------------ path attention (Eq. 9–12)
+
+
+def region_score_fn(
+    model: ScoringModel, regions: torch.Tensor, num_classes: int, activation: str = "none", ignore_index: int = 255
+) -> ScoreFn:
+    """Eq. 9 per image: Score(I)_n = (1/HW) Σ_c Σ_{p∈c} y^c_p, regions fixed. Returns images → (N,)."""
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        y = apply_score_activation(model(x), activation)
+        onehot = region_one_hot(regions, num_classes, ignore_index, y.dtype)
+        reps = x.shape[0] // onehot.shape[0]  # sub-step samples may be stacked along the batch
+        onehot = onehot.repeat(reps, 1, 1, 1)
+        return (y * onehot).sum(dim=(1, 2, 3)) / (y.shape[-1] * y.shape[-2])
+
+    return score
+
+
+def masked_mean_score_fn(model: ScoringModel, mask: torch.Tensor, activation: str = "none") -> ScoreFn:
+    """Release row 4: mean over (N, C, H, W) of mask ⊙ y, returned as each image's share (N,) of that mean."""
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        y = apply_score_activation(model(x), activation)
+        reps = x.shape[0] // mask.shape[0]
+        return (y * mask.repeat(reps, 1, 1, 1)).sum(dim=(1, 2, 3)) / (mask.numel())
+
+    return score
+
+
+class PathAttention:
+    """Attribution attention along the unfolding path (Eq. 11–12), one gradient evaluation per stage.
+
+    The path runs through the stage outputs I^(0), I^(1), ...; the map for stage k is
+    A^(k) = Σ_{j=1..k-1} Σ_{t=1..s} ∂Score(x_{j,t})/∂x · (I^(j) − I^(j-1))/s, x_{j,t} = I^(j-1) + t/s (I^(j) − I^(j-1)),
+    so A^(1) = 0 and the terms telescope to Score(I^(k-1)) − Score(I^(0)) as s grows. With s = 1 this is
+    Eq. 12 (gradient sampled at each stage output). Earlier terms are kept, not recomputed; the term of a
+    segment is computed only when a later stage needs it (the last output needs no gradient).
+
+    Args:
+        score_fn: images (B, 1, H, W) → per-image scores (B,); B may be a multiple of N (stacked samples).
+        method: ``ig`` (path attribution) or ``grad`` (ablation II: A^(k) = ∂Score(I^(k-1))/∂I^(k-1)).
+        substeps: s, samples per path segment (Table IV).
+        reduction: ``sum`` (Eq. 12) or ``mean`` (release row 3: running mean, sum divided by term count).
+    """
+
+    def __init__(self, score_fn: ScoreFn, method: str = "ig", substeps: int = 1, reduction: str = "sum") -> None:
+        if method not in ATTENTION_METHODS or reduction not in ATTENTION_REDUCTIONS or substeps < 1:
+            raise ValueError(f"bad PathAttention settings: method={method!r} substeps={substeps} "
+                             f"reduction={reduction!r}")
+        self.score_fn = score_fn
+        self.method = method
+        self.substeps = substeps
+        self.reduction = reduction
+        self.gradient_evaluations = 0
+        self.path: list[torch.Tensor] = []
+        self._total: torch.Tensor | None = None
+        self._terms = 0
+
+    def start(self, initial: torch.Tensor) -> None:
+        self.path = [initial.detach()]
+        self._total = torch.zeros_like(self.path[0])
+        self._terms = 0
+
+    def observe(self, stage_output: torch.Tensor) -> None:
+        self.path.append(stage_output.detach())
+
+    def segment_term(self, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+        """Σ_t ∂Score(start + t/s·Δ)/∂x · Δ/s for Δ = end − start (all samples in one batch)."""
+        delta = end - start
+        fractions = torch.arange(1, self.substeps + 1, dtype=start.dtype, device=start.device) / self.substeps
+        points = (start.unsqueeze(0) + fractions.view(-1, 1, 1, 1, 1) * delta.unsqueeze(0)).flatten(0, 1)
+        grads = input_gradient(self.score_fn, points).view(self.substeps, *start.shape)
+        self.gradient_evaluations += self.substeps
+        return grads.sum(dim=0) * delta / self.substeps
+
+    def map_for_next_stage(self) -> torch.Tensor:
+        """A for the stage that follows the last observed output: (N, 1, H, W), detached."""
+        if self.method == "grad":
+            self.gradient_evaluations += 1
+            return input_gradient(self.score_fn, self.path[-1]).detach()
+        while self._terms < len(self.path) - 1:
+            self._total = self._total + self.segment_term(self.path[self._terms], self.path[self._terms + 1])
+            self._terms += 1
+        if self.reduction == "mean" and self._terms > 0:
+            return (self._total / self._terms).detach()
+        return self._total.detach()

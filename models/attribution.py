@@ -59,6 +59,8 @@ class AttributionSettings:
         attention_score: ``region`` (Eq. 9: mean over pixels of each pixel's region-class score) or
             ``masked_mean`` (release row 4: mean of mask ⊙ scores over batch, classes and pixels; the mask is
             the one-hot label in training and the segmenter's output on I^(0) at inference).
+        ig_chunk: images per forward pass in the fast IG (0: all T·M·N at once; default N, one step of one
+            modality per pass, which suits CPUs; raise it on a GPU).
         fold_batchnorm: score with an eval-mode copy whose BatchNorm layers are folded into the convolutions
             (same numbers, fewer operations); only used with ``segmenter_mode: eval``.
         ignore_index: label value of pixels outside every region.
@@ -75,6 +77,7 @@ class AttributionSettings:
     attention_substeps: int = 1
     attention_reduction: str = "sum"
     attention_score: str = "region"
+    ig_chunk: int | None = None
     fold_batchnorm: bool = True
     ignore_index: int = 255
 
@@ -209,15 +212,19 @@ def ig_region_attributions_fast(
     steps: int = 5,
     activation: str = "none",
     ignore_index: int = 255,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Same numbers as :func:`ig_region_attributions_naive` for several modalities at once, exactly.
 
-    All steps of all modalities go through one forward pass; backward pass r differentiates
-    Σ_n Score^{c_{n,r}}_n, where c_{n,r} is image n's r-th class, which gives every image the gradient of
-    its own class score because batch items are independent. Passes = max classes in one image.
+    The T·M·N scaled images (all steps of all modalities) go through the network in chunks of ``chunk``
+    images (None: all at once); in each chunk, backward pass r differentiates Σ_n Score^{c_{n,r}}_n, where
+    c_{n,r} is image n's r-th class, which gives every image the gradient of its own class score because
+    batch items are independent. Backward passes per chunk = max classes in one of its images.
 
     Args:
         images: T tensors (N, 1, H, W) sharing ``regions`` (e.g. [I_ir, I_vi]).
+        chunk: images per forward pass. Large batches help a GPU; on a CPU, chunks of about N avoid the
+            memory traffic of one huge batch (see docs/PERFORMANCE.md).
     Returns:
         (T, N, C).
     """
@@ -225,25 +232,35 @@ def ig_region_attributions_fast(
     n_mod, batch = stacked.shape[:2]
     onehot = region_one_hot(regions, num_classes, ignore_index, stacked.dtype)
     counts = onehot.sum(dim=(2, 3)).clamp(min=1)
-    schedule = class_schedule(onehot)
+    schedule = class_schedule(onehot)  # (R, N)
     out = stacked.new_zeros(n_mod, batch, num_classes)
     if schedule.shape[0] == 0:
         return out
-    alphas = torch.arange(1, steps + 1, dtype=stacked.dtype, device=stacked.device) / steps
-    with torch.enable_grad():
-        x = (alphas.view(1, steps, 1, 1, 1, 1) * stacked.unsqueeze(1)).flatten(0, 2).requires_grad_(True)
-        scores = apply_score_activation(model(x), activation)
-        scores = scores.view(n_mod, steps, batch, num_classes, *scores.shape[-2:])
-        for r, classes in enumerate(schedule):
-            active = classes >= 0
-            chosen = F.one_hot(classes.clamp(min=0), num_classes).to(stacked.dtype) * active.unsqueeze(1)  # (N, C)
-            weight = onehot * (chosen / counts)[:, :, None, None]  # Eq. 5's region mean, chosen class only
-            (grad,) = torch.autograd.grad((scores * weight).sum(), x, retain_graph=r < len(schedule) - 1)
-            grad = grad.view(n_mod, steps, batch, *grad.shape[1:]).sum(dim=1)  # Σ_j over the M steps
-            region = (onehot * chosen[:, :, None, None]).sum(dim=1)  # (N, H, W) pixels of the chosen class
-            values = ((grad * stacked).sum(dim=2) * region).sum(dim=(2, 3)) / steps  # (T, N)
-            index = classes.clamp(min=0).view(1, batch, 1).expand(n_mod, batch, 1)
-            out.scatter_add_(2, index, (values * active).unsqueeze(2))
+    total = n_mod * steps * batch
+    chunk = total if not chunk or chunk <= 0 else min(chunk, total)
+    # sample s of the flattened (T, M, N) order: modality s // (M N), step (s // N) % M + 1, image s % N
+    sample = torch.arange(total, device=stacked.device)
+    mod_idx, step_idx, img_idx = sample // (steps * batch), (sample // batch) % steps, sample % batch
+    alphas = (step_idx + 1).to(stacked.dtype) / steps
+    for begin in range(0, total, chunk):
+        sl = slice(begin, min(begin + chunk, total))
+        mods, imgs = mod_idx[sl], img_idx[sl]
+        base = stacked[mods, imgs]  # (B, 1, H, W) unscaled images
+        chunk_schedule = schedule[:, imgs]  # (R, B)
+        rounds = int((chunk_schedule >= 0).any(dim=1).sum())
+        with torch.enable_grad():
+            x = (alphas[sl].view(-1, 1, 1, 1) * base).requires_grad_(True)
+            scores = apply_score_activation(model(x), activation)
+            for r in range(rounds):
+                classes = chunk_schedule[r]
+                active = classes >= 0
+                chosen = F.one_hot(classes.clamp(min=0), num_classes).to(stacked.dtype) * active.unsqueeze(1)
+                weight = onehot[imgs] * (chosen / counts[imgs])[:, :, None, None]  # Eq. 5, chosen class only
+                (grad,) = torch.autograd.grad((scores * weight).sum(), x, retain_graph=r < rounds - 1)
+                region = (onehot[imgs] * chosen[:, :, None, None]).sum(dim=1)  # (B, H, W)
+                values = ((grad * base).sum(dim=1) * region).sum(dim=(1, 2)) / steps  # (B,)
+                flat = (mods * batch + imgs) * num_classes + classes.clamp(min=0)
+                out.view(-1).index_add_(0, flat[active], values[active])
     return out.detach()
 
 
@@ -328,7 +345,8 @@ def ig_attribution_weights(
         a_vi = ig_region_attributions_batch_pooled(model, vi, regions, **args)
         counts = onehot.sum(dim=(0, 2, 3))
     elif settings.ig_method == "fast":
-        a_ir, a_vi = ig_region_attributions_fast(model, [ir, vi], regions, **args)
+        chunk = ir.shape[0] if settings.ig_chunk is None else settings.ig_chunk
+        a_ir, a_vi = ig_region_attributions_fast(model, [ir, vi], regions, chunk=chunk, **args)
         counts = onehot.sum(dim=(2, 3))
     else:
         a_ir = ig_region_attributions_naive(model, ir, regions, **args)

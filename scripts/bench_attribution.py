@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--encoder", default="mobilenet_v2")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="images per forward in the fast form (default: the batch size; 0: all at once)")
     args = parser.parse_args()
     batch = args.batch or (4 if args.quick else 8)
     size = args.size or (64 if args.quick else 128)
@@ -93,18 +95,20 @@ def main() -> None:
 
     def fast():
         scoring = prepare_scoring_model(segmenter, fold_batchnorm=True)  # counted: done once per training step
-        return ig_region_attributions_fast(scoring, [ir, vi], regions, args.classes, args.steps)
+        return ig_region_attributions_fast(scoring, [ir, vi], regions, args.classes, args.steps, chunk=chunk)
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    chunk = batch if args.chunk is None else args.chunk
     fast()  # warm-up (allocator, kernels)
     sync()
     t_naive, r_naive = timed(lambda: (naive(), sync())[0], args.repeats)
     print(f"naive: {2 * args.steps * in_batch} backward passes, {t_naive:.2f} s")
     t_fast, r_fast = timed(lambda: (fast(), sync())[0], args.repeats)
-    print(f"fast:  {rounds} backward passes over a batch of {2 * args.steps * batch}, {t_fast:.2f} s")
+    per_chunk = 2 * args.steps * batch if chunk <= 0 else min(chunk, 2 * args.steps * batch)
+    print(f"fast:  {rounds} backward passes per chunk of {per_chunk} images, {t_fast:.2f} s")
     rel = ((r_fast - r_naive).abs().max() / r_naive.abs().max()).item()
     print(f"attribution: naive {t_naive:.2f} s, fast {t_fast:.2f} s, speedup {t_naive / t_fast:.2f}x, "
           f"max rel diff {rel:.2e}")

@@ -151,6 +151,9 @@ def test_fast_equals_naive_on_deeplab_float64(deeplab64):
     folded = ig_region_attributions_fast(prepare_scoring_model(deeplab64, True), [ir, vi], regions, 4, 3,
                                          ignore_index=IGNORE)
     assert (folded - naive).abs().max() / naive.abs().max() <= 1e-10
+    for chunk in (1, 4, 6):  # chunks that split steps, modalities and images unevenly
+        chunked = ig_region_attributions_fast(scoring, [ir, vi], regions, 4, 3, ignore_index=IGNORE, chunk=chunk)
+        assert (chunked - naive).abs().max() / naive.abs().max() <= 1e-10
 
 
 def test_results_do_not_depend_on_batch_companions(deeplab64):

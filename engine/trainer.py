@@ -1,0 +1,486 @@
+"""Joint training of the fusion network and the segmenter (Sec. IV-A), with resumable, atomic checkpoints.
+
+Stage 1 (optional, ``train.segmenter_pretrain_epochs``): the segmenter alone on the source images.
+Stage 2: fusion network and segmenter together under L_total (Eq. 16), Adam, lr halved every 10 epochs.
+
+Repeatability: at the start of every epoch all generators are re-seeded from (seed, phase, epoch) and the
+dataset's crops are a function of (seed, epoch, index), so an epoch depends only on the state at its start;
+resuming from an end-of-epoch checkpoint therefore replays exactly what an uninterrupted run does (CPU).
+DDP: started by ``torchrun``; rank 0 alone logs and writes checkpoints; the sampler is distributed.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from tqdm import tqdm
+
+from data.datasets import build_dataset
+from engine.checkpoint import CheckpointError, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from engine.config import save_config
+from losses import LossSettings, UAAFusionLoss, segmentation_loss
+from models.segmenter import pad_to_multiple, segmenter_stride
+from models.uaafusion import UAAFusion, UAAFusionOutput, build_model
+
+log = logging.getLogger("uaafusion.train")
+
+PHASES = ("pretrain", "joint")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/Inf and ``train.on_nonfinite_loss`` is ``stop``."""
+
+
+# ----------------------------------------------------------------------------------------- set-up helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_context(amp: str, device: torch.device):
+    """bf16/fp16 autocast on CUDA; a no-op elsewhere or with ``amp: none``."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return info
+
+
+class JointModel(nn.Module):
+    """One forward for everything a training step needs, so DDP sees a single call per step."""
+
+    def __init__(self, model: UAAFusion, seg_sources: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.seg_sources = seg_sources
+
+    def forward(self, ir, vi, labels) -> tuple[UAAFusionOutput, dict[str, torch.Tensor]]:
+        out = self.model(ir, vi, labels)
+        images = {"ir": ir, "vi": vi, "fused": out.fused}
+        seg = {name: self.model.segmenter(images[name]) for name in self.seg_sources}
+        return out, seg
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Runs both training stages from a resolved config; see the module docstring."""
+
+    def __init__(self, cfg: dict, run_dir: str | Path, resume: bool = False, show_progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.dist = init_distributed(cfg["device"])
+        self.device = resolve_device(cfg["device"])
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.show_progress = show_progress and self.dist.is_main
+        self.tcfg = cfg["train"]
+        seed_everything(cfg["seed"])
+
+        data_cfg = self._dataset_cfg()
+        self.train_set = build_dataset({**data_cfg, "mode": cfg["data"]["mode"],
+                                        "patch_size": cfg["data"]["patch_size"], "seed": cfg["seed"]},
+                                       cfg["data"]["train_split"])
+        if not self.train_set.has_labels:
+            raise ValueError(f"training needs segmentation labels; {self.train_set!r} has none")
+        self.num_classes = cfg["data"]["num_classes"] or self.train_set.num_classes
+        self.val_set = self._build_val_set(data_cfg)
+
+        self.model = build_model(cfg, self.num_classes).to(self.device)
+        if self.tcfg["segmenter_checkpoint"]:
+            self._load_segmenter(self.tcfg["segmenter_checkpoint"])
+        loss_settings = LossSettings(**cfg["loss"])
+        self.criterion = UAAFusionLoss(loss_settings)
+        self.joint = JointModel(self.model, loss_settings.seg_sources)
+        self.ddp_joint = self.joint
+        if self.dist.enabled:
+            self.ddp_joint = nn.parallel.DistributedDataParallel(
+                self.joint, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self.optimizers, self.schedulers = self._build_optimizers()
+        self.pretrain_optimizer = torch.optim.Adam(self.model.segmenter.parameters(), lr=self.tcfg["segmenter_lr"])
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] == "fp16" and self.device.type == "cuda")
+
+        self.phase = "pretrain" if self.tcfg["segmenter_pretrain_epochs"] > 0 else "joint"
+        self.epoch = 0  # completed epochs in the current phase
+        self.global_step = 0
+        self.best_metric = -math.inf
+        self.nonfinite_steps = 0
+        self.history: list[dict[str, Any]] = []
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        if resume:
+            self.resume(self.run_dir / "last.pt")
+        self.writer = None
+        if self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+
+    # ----------------------------------------------------------------------------------------- building
+
+    def _dataset_cfg(self) -> dict:
+        d = self.cfg["data"]
+        keys = ("name", "root", "ir_dir", "vi_dir", "label_dir", "ignore_index", "num_classes")
+        return {k: d[k] for k in keys if d[k] is not None}
+
+    def _build_val_set(self, data_cfg: dict):
+        split = self.cfg["data"]["val_split"]
+        if not split or self.cfg["data"]["val_pairs"] <= 0:
+            return None
+        try:
+            dataset = build_dataset({**data_cfg, "mode": "full"}, split)
+        except (ValueError, FileNotFoundError) as err:
+            log.warning("no validation set (%s); validation is skipped", err)
+            return None
+        count = min(self.cfg["data"]["val_pairs"], len(dataset))
+        return Subset(dataset, list(range(count)))
+
+    def _build_optimizers(self):
+        t = self.tcfg
+        fusion_params = list(self.model.fusion.parameters())
+        seg_params = list(self.model.segmenter.parameters())
+        if t["separate_segmenter_optimizer"]:
+            optimizers = {"fusion": torch.optim.Adam(fusion_params, lr=t["lr"]),
+                          "segmenter": torch.optim.Adam(seg_params, lr=t["segmenter_lr"])}
+        else:
+            optimizers = {"joint": torch.optim.Adam(fusion_params + seg_params, lr=t["lr"])}
+        schedulers = {name: torch.optim.lr_scheduler.StepLR(opt, t["lr_step_epochs"], t["lr_gamma"])
+                      for name, opt in optimizers.items()}
+        return optimizers, schedulers
+
+    def _load_segmenter(self, path: str) -> None:
+        payload = load_checkpoint(path, map_location=self.device)
+        state = payload.get("segmenter") or payload.get("model", {})
+        state = {k[len("segmenter."):]: v for k, v in state.items() if k.startswith("segmenter.")} or state
+        self.model.segmenter.load_state_dict(state)
+        log.info("segmenter initialised from %s", path)
+
+    def _loader(self, epoch: int) -> DataLoader:
+        self.train_set.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(self.cfg["seed"] * 100_003 + epoch)
+        if self.dist.enabled:
+            sampler = DistributedSampler(self.train_set, self.dist.world_size, self.dist.rank,
+                                         shuffle=True, seed=self.cfg["seed"], drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(self.train_set, generator=generator)
+        return DataLoader(self.train_set, batch_size=self.tcfg["batch_size"], sampler=sampler, drop_last=True,
+                          num_workers=self.cfg["data"]["num_workers"], generator=generator,
+                          pin_memory=self.device.type == "cuda")
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "pretrain_optimizer": self.pretrain_optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "phase": self.phase,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_metric": self.best_metric,
+            "nonfinite_steps": self.nonfinite_steps,
+            "history": self.history,
+            "config": self.cfg,
+            "seed": self.cfg["seed"],
+            "num_classes": self.num_classes,
+            "class_names": list(getattr(self.train_set, "class_names", [])),
+            "rng": rng_states(),
+        }
+
+    def save(self, name: str) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / name, self.state())
+
+    def resume(self, path: Path) -> None:
+        payload = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(payload["model"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(payload["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(payload["schedulers"][k])
+        self.pretrain_optimizer.load_state_dict(payload["pretrain_optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.phase, self.epoch = payload["phase"], payload["epoch"]
+        self.global_step, self.best_metric = payload["global_step"], payload["best_metric"]
+        self.nonfinite_steps = payload.get("nonfinite_steps", 0)
+        self.history = payload.get("history", [])
+        restore_rng_states(payload["rng"])
+        log.info("resumed from %s: phase %s, %d epochs done, step %d", path, self.phase, self.epoch, self.global_step)
+
+    # ------------------------------------------------------------------------------------------- loops
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Run what is left of both stages; returns the per-epoch history."""
+        pre_epochs = self.tcfg["segmenter_pretrain_epochs"]
+        if self.phase == "pretrain":
+            while self.epoch < pre_epochs:
+                self._start_epoch("pretrain", self.epoch)
+                stats = self.pretrain_one_epoch(self.epoch)
+                self.epoch += 1
+                self._end_epoch("pretrain", stats)
+            self.phase, self.epoch = "joint", 0
+            self.save("last.pt")
+        while self.epoch < self.tcfg["epochs"]:
+            self._start_epoch("joint", self.epoch)
+            stats = self.train_one_epoch(self.epoch)
+            for scheduler in self.schedulers.values():
+                scheduler.step()
+            self.epoch += 1
+            if self.val_set is not None and (self.epoch % self.tcfg["val_every"] == 0
+                                             or self.epoch == self.tcfg["epochs"]):
+                stats.update(self.validate())
+            self._end_epoch("joint", stats)
+        if self.writer is not None:
+            self.writer.close()
+        return self.history
+
+    def _start_epoch(self, phase: str, epoch: int) -> None:
+        seed_everything(self.cfg["seed"] * 1_000_003 + PHASES.index(phase) * 10_007 + epoch)
+
+    def _end_epoch(self, phase: str, stats: dict[str, float]) -> None:
+        record = {"phase": phase, "epoch": self.epoch, "step": self.global_step, **stats}
+        self.history.append(record)
+        metric = stats.get("val_miou", stats.get("val_fused_miou", -stats.get("loss_total", math.inf)))
+        is_best = phase == "joint" and metric > self.best_metric
+        if is_best:
+            self.best_metric = metric
+        self.save("last.pt")
+        if is_best or (phase == "joint" and not (self.run_dir / "best.pt").exists()):
+            self.save("best.pt")
+        if self.dist.is_main:
+            log.info("%s epoch %d: %s", phase, self.epoch,
+                     ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if isinstance(v, float)))
+
+    def _batch_to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ir = batch["ir"].to(self.device, non_blocking=True)
+        vi = batch["vi"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True).long()
+        return ir, vi, labels
+
+    def _steps_in(self, loader: DataLoader) -> int:
+        limit = self.tcfg["max_steps_per_epoch"]
+        return len(loader) if limit is None else min(limit, len(loader))
+
+    def pretrain_one_epoch(self, epoch: int) -> dict[str, float]:
+        """Stage 1: the segmenter alone, cross-entropy on both source images."""
+        self.model.train()
+        loader = self._loader(epoch)
+        steps, total = self._steps_in(loader), 0.0
+        loss_cfg = self.criterion.settings
+        bar = tqdm(total=steps, desc=f"pretrain {epoch + 1}", disable=not self.show_progress, leave=False)
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            ir, vi, labels = self._batch_to_device(batch)
+            with autocast_context(self.cfg["amp"], self.device):
+                outs = [self.model.segmenter(ir), self.model.segmenter(vi)]
+            loss = segmentation_loss(outs, labels, loss_cfg.ignore_index, loss_cfg.ignore_classes)
+            self.pretrain_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.pretrain_optimizer.step()
+            total += float(loss)
+            bar.update(1)
+            bar.set_postfix(ce=f"{float(loss):.3f}")
+        bar.close()
+        return {"pretrain_ce": total / max(steps, 1)}
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """Stage 2: one epoch of joint training; returns mean loss terms."""
+        self.model.train()
+        loader = self._loader(epoch)
+        steps = self._steps_in(loader)
+        sums: dict[str, float] = {}
+        done = 0
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.tcfg['epochs']}", disable=not self.show_progress,
+                   leave=False)
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            terms, out = self.train_step(batch)
+            self.global_step += 1
+            bar.update(1)
+            if terms is None:
+                continue
+            done += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{terms['total']:.4f}")
+            self._log_step(terms, out, batch)
+        bar.close()
+        return {f"loss_{k}": v / max(done, 1) for k, v in sums.items()}
+
+    def train_step(self, batch: dict) -> tuple[dict[str, float] | None, UAAFusionOutput | None]:
+        """One optimisation step; returns (loss terms as floats, outputs) or (None, None) for a skipped step."""
+        ir, vi, labels = self._batch_to_device(batch)
+        with autocast_context(self.cfg["amp"], self.device):
+            out, seg = self.ddp_joint(ir, vi, labels)
+            terms = self.criterion(out.fused, ir, vi, out.w_ir, out.w_vi, seg, labels)
+        total = terms["total"]
+        if not torch.isfinite(total):
+            self.nonfinite_steps += 1
+            values = {k: float(v) for k, v in terms.items()}
+            message = f"non-finite loss at step {self.global_step + 1}: {values}"
+            if self.tcfg["on_nonfinite_loss"] == "stop":
+                self.save("last.pt")
+                raise NonFiniteLossError(message + f"; stopped, state saved to {self.run_dir / 'last.pt'}")
+            log.warning("%s; step skipped (%d so far)", message, self.nonfinite_steps)
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            return None, None
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.tcfg["grad_clip"]:
+            for opt in self.optimizers.values():
+                self.scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg["grad_clip"])
+        for opt in self.optimizers.values():
+            self.scaler.step(opt)
+        self.scaler.update()
+        return {k: float(v.detach()) for k, v in terms.items()}, out
+
+    # ------------------------------------------------------------------------------------------ logging
+
+    def _log_step(self, terms: dict[str, float], out: UAAFusionOutput, batch: dict) -> None:
+        if self.writer is None:
+            return
+        step = self.global_step
+        if step % self.tcfg["log_every"] == 0 or step == 1:
+            for k, v in terms.items():
+                self.writer.add_scalar(f"loss/{k}", v, step)
+            for name, opt in self.optimizers.items():
+                self.writer.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], step)
+            for k, rho in enumerate(self.model.fusion.rho.detach().cpu().tolist()):
+                self.writer.add_scalar(f"rho/stage{k + 1}", rho, step)
+        if step % self.tcfg["image_log_every"] == 0 or step == 1:
+            self.writer.add_images("train/ir", batch["ir"][:4], step)
+            self.writer.add_images("train/vi", batch["vi"][:4], step)
+            self.writer.add_images("train/fused", out.fused[:4].detach().float().clamp(0, 1).cpu(), step)
+            self.writer.add_images("train/w_ir", out.w_ir[:4].cpu(), step)
+            self.writer.add_images("train/w_vi", out.w_vi[:4].cpu(), step)
+            for k, att in enumerate(out.attention):
+                self.writer.add_images(f"train/attention_stage{k + 1}", normalise_map(att[:4]).cpu(), step)
+
+    # ---------------------------------------------------------------------------------------- validation
+
+    def validate(self) -> dict[str, float]:
+        """Fusion metrics (paper convention) and the segmenter's mIoU on the fused validation images."""
+        from engine.inference import fuse
+        from metrics.fast import fusion_metrics
+        from metrics.segmentation import class_scores, confusion_matrix
+
+        self.model.eval()
+        sums: dict[str, float] = {}
+        confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        count = 0
+        for sample in self.val_set:
+            ir = sample["ir"].unsqueeze(0).to(self.device)
+            vi = sample["vi"].unsqueeze(0).to(self.device)
+            result = fuse(self.model, ir, vi, tile=self.cfg["test"]["tile"])
+            values = fusion_metrics(to_0_255(result.fused), to_0_255(ir), to_0_255(vi), convention="paper")
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if "label" in sample:
+                with torch.no_grad():
+                    padded, (h, w) = pad_to_multiple(result.fused, segmenter_stride(self.model.segmenter))
+                    pred = self.model.segmenter(padded)[..., :h, :w].argmax(dim=1)
+                confusion += confusion_matrix(pred[0].cpu().numpy(), sample["label"].numpy(), self.num_classes,
+                                              self.cfg["data"]["ignore_index"])
+            count += 1
+        self.model.train()
+        stats = {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
+        if confusion.sum() > 0:
+            _, iou = class_scores(confusion)
+            stats["val_miou"] = float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
+        if self.writer is not None:
+            for k, v in stats.items():
+                self.writer.add_scalar(f"val/{k[4:]}", v, self.global_step)
+        return stats
+
+
+def to_0_255(image: torch.Tensor) -> np.ndarray:
+    """(1, 1, H, W) in [0, 1] → (H, W) float64 integer values 0–255, as the metric evaluators read files."""
+    return np.rint(image[0, 0].detach().float().clamp(0, 1).cpu().numpy().astype(np.float64) * 255.0)
+
+
+def normalise_map(x: torch.Tensor) -> torch.Tensor:
+    """Scale each (1, H, W) map of a batch to [0, 1] for display."""
+    flat = x.detach().float().flatten(1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    return ((flat - lo[:, None]) / (hi - lo).clamp(min=1e-12)[:, None]).view_as(x)
+
+
+def load_model_from_checkpoint(path: str | Path, cfg: dict | None = None,
+                               device: str | torch.device = "cpu") -> tuple[UAAFusion, dict]:
+    """Rebuild the model of a training checkpoint (its own config unless ``cfg`` is given) and load weights."""
+    payload = load_checkpoint(path, map_location=device)
+    cfg = cfg or payload["config"]
+    num_classes = payload.get("num_classes") or cfg["data"]["num_classes"]
+    if not num_classes:
+        raise CheckpointError(f"{path} does not record the number of classes")
+    model = build_model(cfg, num_classes).to(device)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not fit the model built from the config: {err}") from err
+    return model.eval(), payload

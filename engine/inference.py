@@ -29,7 +29,9 @@ class FusedImage:
 
 
 def _fuse_padded(model: UAAFusion, ir: torch.Tensor, vi: torch.Tensor) -> FusedImage:
-    multiple = max(segmenter_stride(model.segmenter), 2)
+    if min(ir.shape[-2:]) < 2:
+        raise ValueError(f"image of {ir.shape[-1]}x{ir.shape[-2]} pixels is too small to fuse (at least 2x2)")
+    multiple = segmenter_stride(model.segmenter)  # the release's own segmenter runs unpadded (multiple 1)
     ir_p, (h, w) = pad_to_multiple(ir, multiple)
     vi_p, _ = pad_to_multiple(vi, multiple)
     with torch.no_grad():

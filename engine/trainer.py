@@ -156,7 +156,8 @@ class Trainer:
         self.pretrain_optimizer = torch.optim.Adam(self.model.segmenter.parameters(), lr=self.tcfg["segmenter_lr"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] == "fp16" and self.device.type == "cuda")
 
-        self.phase = "pretrain" if self.tcfg["segmenter_pretrain_epochs"] > 0 else "joint"
+        pretrain = self.tcfg["segmenter_pretrain_epochs"] > 0 and not self.tcfg["segmenter_checkpoint"]
+        self.phase = "pretrain" if pretrain else "joint"  # a given segmenter checkpoint replaces stage 1
         self.epoch = 0  # completed epochs in the current phase
         self.global_step = 0
         self.best_metric = -math.inf
@@ -272,7 +273,7 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Run what is left of both stages; returns the per-epoch history."""
         pre_epochs = self.tcfg["segmenter_pretrain_epochs"]
-        if self.phase == "pretrain":
+        if self.phase == "pretrain":  # stage 1 (skipped when train.segmenter_checkpoint is given)
             while self.epoch < pre_epochs:
                 self._start_epoch("pretrain", self.epoch)
                 stats = self.pretrain_one_epoch(self.epoch)

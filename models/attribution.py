@@ -344,7 +344,8 @@ def ig_attribution_weights(
         a_ir = ig_region_attributions_batch_pooled(model, ir, regions, **args)
         a_vi = ig_region_attributions_batch_pooled(model, vi, regions, **args)
         counts = onehot.sum(dim=(0, 2, 3))
-    elif settings.ig_method == "fast":
+    elif settings.ig_method == "fast" and not getattr(model, "training", False):
+        # (a training-mode model couples the batch through BatchNorm statistics: only the loop is exact then)
         chunk = ir.shape[0] if settings.ig_chunk is None else settings.ig_chunk
         a_ir, a_vi = ig_region_attributions_fast(model, [ir, vi], regions, chunk=chunk, **args)
         counts = onehot.sum(dim=(2, 3))

@@ -47,7 +47,10 @@ def _load_local_weights(model: nn.Module, path: Path) -> None:
         if key in own and own[key].shape != value.shape and value.dim() == 4 and own[key].shape[1] == 1:
             value = value.sum(dim=1, keepdim=True)  # RGB stem → one channel, as smp does for in_channels=1
         adapted[key] = value
-    missing, unexpected = target.load_state_dict(adapted, strict=False)
+    if target is not model:  # classification heads of ImageNet encoder files are not part of the segmenter
+        adapted = {k: v for k, v in adapted.items() if not k.startswith(("classifier.", "fc.", "head."))}
+    # nn.Module's own method: smp encoders override load_state_dict without returning the key report
+    missing, unexpected = nn.Module.load_state_dict(target, adapted, strict=False)
     if unexpected or (target is model and missing):
         raise SegmenterWeightsError(
             f"segmenter.encoder_weights: {path} does not fit the network "

@@ -34,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stretch", action="store_true", help="per-image min-max stretch (release) instead of clamping")
     p.add_argument("--chroma", choices=("visible", "release"), default=None,
                    help="chroma of the visible image (default) or the release's weighted chroma of both")
+    p.add_argument("--batch", type=int, default=None, help="pairs of the same size fused together (default 1)")
     p.add_argument("--tile", type=int, default=None, help="fuse in tiles of this side to bound memory")
     p.add_argument("--save-npy", action="store_true", help="also write OUT/npy/NAME.npy (raw float32 output)")
     p.add_argument("--save-maps", action="store_true", help="also write OUT/maps/ (w_ir, w_vi, attention per stage)")
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
             output="stretch" if args.stretch else cfg["test"]["output"],
             chroma=args.chroma or cfg["test"]["chroma"], tile=args.tile or cfg["test"]["tile"],
             save_npy=args.save_npy, save_maps=args.save_maps, extension=args.ext, show_progress=not args.quiet,
+            batch_size=args.batch or cfg["test"]["batch_size"],
         )
     except (ConfigError, CheckpointError, FileNotFoundError, OSError, RuntimeError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -61,17 +61,34 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
         np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
 
 
-def _write_maps(out_dir: Path, name: str, result: FusedImage, inputs: list[str]) -> None:
+def _write_maps(out_dir: Path, name: str, result: FusedImage, index: int, inputs: list[str]) -> None:
     maps = {"w_ir": result.w_ir, "w_vi": result.w_vi}
     maps.update({f"att{k + 1}": a for k, a in enumerate(result.attention)})
     for key, tensor in maps.items():
-        array = tensor[0, 0].cpu().numpy().astype(np.float32)
+        array = tensor[index, 0].cpu().numpy().astype(np.float32)
         save_npy_atomic(out_dir / "maps" / f"{name}_{key}.npy", array)
         if key.startswith("w_"):  # weights live in [0, 1]: keep that scale so images compare
             image = cv2.cvtColor(cv2.applyColorMap(float_to_uint8(array), cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
         else:  # attention: each map scaled to its own range
             image = heatmap_uint8(array)
         write_image_atomic(out_dir / "maps" / f"{name}_{key}.png", image, forbid=inputs)
+
+
+def _write_outputs(out_dir: Path, pair, sample: dict, result: FusedImage, index: int, output: str, chroma: str,
+                   save_npy: bool, save_maps: bool, extension: str) -> None:
+    """Write image ``index`` of a fused batch (and its raw output and maps when asked)."""
+    inputs = [str(pair.ir), str(pair.vi)]
+    fused = result.fused[index, 0].cpu().numpy().astype(np.float32)
+    if not np.all(np.isfinite(fused)):
+        raise ValueError("the network produced NaN/Inf values")
+    if save_npy:
+        save_npy_atomic(out_dir / "npy" / f"{pair.name}.npy", fused)
+    luma = float_to_uint8(fused, output).astype(np.float32) / 255.0
+    crcb = sample["vi_crcb"] if chroma == "visible" else fuse_chroma_release(sample["ir_crcb"], sample["vi_crcb"])
+    write_image_atomic(out_dir / f"{pair.name}{extension}", float_to_uint8(recombine_color(luma, crcb)),
+                       forbid=inputs)
+    if save_maps:
+        _write_maps(out_dir, pair.name, result, index, inputs)
 
 
 def fuse_folder(
@@ -87,6 +104,7 @@ def fuse_folder(
     save_maps: bool = False,
     extension: str = ".png",
     show_progress: bool = True,
+    batch_size: int = 1,
 ) -> FuseReport:
     """Fuse all pairs found by file stem in ``ir_dir`` and ``vi_dir`` into ``out_dir``.
 
@@ -96,6 +114,8 @@ def fuse_folder(
         tile: fuse in tiles of this side for bounded memory on large images.
         save_npy: write ``out/npy/NAME.npy``, the float32 (H, W) network output before clamping/stretching.
         save_maps: write ``out/maps/NAME_w_ir.npy``, ``NAME_w_vi.npy``, ``NAME_att{k}.npy`` and PNG heat-maps.
+        batch_size: consecutive pairs of the same size fused together (results do not depend on it in the
+            paper profile: attribution treats batch items independently).
     """
     if output not in ("clamp", "stretch") or chroma not in ("visible", "release"):
         raise ValueError(f"output must be clamp|stretch and chroma visible|release, got {output!r}, {chroma!r}")
@@ -118,27 +138,42 @@ def fuse_folder(
     except OSError as err:
         raise OSError(f"cannot create output folder {out_dir}: {err}") from err
     model.eval()
+    pending: list[tuple] = []  # (pair, sample) of one image size, fused together
+
+    def flush() -> None:
+        if not pending:
+            return
+        names = [pair.name for pair, _ in pending]
+        try:
+            ir = torch.stack([torch.from_numpy(s["ir"])[None] for _, s in pending]).to(device)
+            vi = torch.stack([torch.from_numpy(s["vi_y"])[None] for _, s in pending]).to(device)
+            result = fuse(model, ir, vi, tile=tile)
+        except (ValueError, RuntimeError) as err:
+            for name in names:
+                report.failed.append((name, str(err)))
+                print(f"failed: {name}: {err}", file=sys.stderr)
+            pending.clear()
+            return
+        for index, (pair, sample) in enumerate(pending):
+            try:
+                _write_outputs(out_dir, pair, sample, result, index, output, chroma, save_npy, save_maps, extension)
+                report.written.append(pair.name)
+            except (ImageWriteError, ValueError, OSError) as err:
+                report.failed.append((pair.name, str(err)))
+                print(f"failed: {pair.name}: {err}", file=sys.stderr)
+        pending.clear()
+
     for pair in tqdm(pairs, desc="fusing", disable=not show_progress, unit="pair"):
-        name = pair.name
-        inputs = [str(pair.ir), str(pair.vi)]
         try:
             sample = load_fusion_pair(pair.ir, pair.vi)
-            ir = torch.from_numpy(sample["ir"])[None, None].to(device)
-            vi = torch.from_numpy(sample["vi_y"])[None, None].to(device)
-            result = fuse(model, ir, vi, tile=tile)
-            fused = result.fused[0, 0].cpu().numpy().astype(np.float32)
-            if not np.all(np.isfinite(fused)):
-                raise ValueError("the network produced NaN/Inf values")
-            if save_npy:
-                save_npy_atomic(out_dir / "npy" / f"{name}.npy", fused)
-            luma = float_to_uint8(fused, output).astype(np.float32) / 255.0
-            crcb = sample["vi_crcb"] if chroma == "visible" else fuse_chroma_release(sample["ir_crcb"], sample["vi_crcb"])
-            image = recombine_color(luma, crcb)
-            write_image_atomic(out_dir / f"{name}{extension}", float_to_uint8(image), forbid=inputs)
-            if save_maps:
-                _write_maps(out_dir, name, result, inputs)
-            report.written.append(name)
-        except (ImageReadError, PairError, ImageWriteError, ValueError, OSError) as err:
-            report.failed.append((name, str(err)))
-            print(f"failed: {name}: {err}", file=sys.stderr)
+        except (ImageReadError, PairError, ValueError, OSError) as err:
+            report.failed.append((pair.name, str(err)))
+            print(f"failed: {pair.name}: {err}", file=sys.stderr)
+            continue
+        if pending and pending[0][1]["ir"].shape != sample["ir"].shape:
+            flush()
+        pending.append((pair, sample))
+        if len(pending) >= max(batch_size, 1):
+            flush()
+    flush()
     return report

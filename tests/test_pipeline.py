@@ -214,3 +214,17 @@ def test_ddp_on_cpu_with_gloo(synthetic_root, tmp_path):
     payload = load_checkpoint(run_dir / "last.pt")
     assert payload["global_step"] == 2
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
+
+
+def test_batching_does_not_change_results_and_tiling_runs(trained_run, synthetic_root, tmp_path):
+    run_dir, _ = trained_run
+    ir, vi = synthetic_root / "test" / "Infrared", synthetic_root / "test" / "Visible"
+    base = ["--checkpoint", str(run_dir / "best.pt"), "--ir", str(ir), "--vi", str(vi), "--save-npy", "--quiet"]
+    assert test_cli.main(base + ["--out", str(tmp_path / "one")]) == 0
+    assert test_cli.main(base + ["--out", str(tmp_path / "three"), "--batch", "3"]) == 0
+    assert test_cli.main(base + ["--out", str(tmp_path / "tiled"), "--tile", "40"]) == 0
+    for npy in sorted((tmp_path / "one" / "npy").glob("*.npy")):
+        single = np.load(npy)
+        np.testing.assert_allclose(np.load(tmp_path / "three" / "npy" / npy.name), single, atol=1e-5)
+        tiled = np.load(tmp_path / "tiled" / "npy" / npy.name)
+        assert tiled.shape == single.shape and np.isfinite(tiled).all()

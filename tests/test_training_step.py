@@ -38,3 +38,15 @@ def test_attribution_leaves_segmenter_state_alone_in_paper_mode():
     assert all(torch.equal(before[k], after[k]) for k in before)  # eval-mode copy: BN statistics untouched
     assert model.segmenter.training
     assert all(p.grad is None for p in model.segmenter.parameters())
+
+
+def test_attribution_stays_float32_under_autocast():
+    torch.manual_seed(0)
+    model = build_model({"fusion": {"stages": 2, "channels": 8}, "attribution": {"ig_steps": 1}}, num_classes=3)
+    ir, vi = torch.rand(2, 2, 1, 32, 32)
+    labels = torch.randint(0, 3, (2, 32, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ir, vi, labels)
+    assert out.w_ir.dtype == torch.float32 and out.a_ir.dtype == torch.float32
+    assert all(a.dtype == torch.float32 for a in out.attention)
+    assert out.fused.dtype == torch.bfloat16  # the fusion network itself runs under autocast

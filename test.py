@@ -58,7 +58,7 @@ def main(argv=None) -> int:
             save_npy=args.save_npy, save_maps=args.save_maps, extension=args.ext, show_progress=not args.quiet,
             batch_size=args.batch or cfg["test"]["batch_size"],
         )
-    except (ConfigError, CheckpointError, FileNotFoundError, OSError, RuntimeError, TypeError) as err:
+    except (ConfigError, CheckpointError, OSError, RuntimeError, TypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"fused {len(report.written)} pair(s) into {args.out}; {len(report.failed)} failed")

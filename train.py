@@ -4,17 +4,21 @@
     torchrun --nproc_per_node=4 train.py --config configs/fmb_paper.yaml      # DDP
 
 The resolved config is saved as RUN_DIR/config.yaml; checkpoints RUN_DIR/last.pt and best.pt; TensorBoard
-logs RUN_DIR/tb. ``--resume`` continues the run in RUN_DIR from last.pt with the config saved there.
+logs RUN_DIR/tb. ``--resume`` continues the run in RUN_DIR from last.pt with the config saved there (from
+last.prev.pt when last.pt is damaged). Exit codes: 0 done, 1 dataset check failed, 2 bad config/data/
+checkpoint, 3 non-finite loss with ``train.on_nonfinite_loss: stop``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError, load_config
+from engine.trainer import NonFiniteLossError, Trainer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,7 +47,6 @@ def main(argv=None) -> int:
             cfg = load_config(args.config, args.overrides)
         if args.device:
             cfg["device"] = args.device
-        from engine.trainer import Trainer
 
         if cfg["data"]["check"] and not args.skip_check and args.resume is None:
             from engine.dataset_check import check_before_training
@@ -55,9 +58,19 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     print(f"done: checkpoints in {run_dir} (last.pt, best.pt); TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     return 0
 
 
+def _exit_on_sigterm(signum, frame):  # noqa: ARG001
+    # Turn SIGTERM (sent by torchrun when another rank fails, or by a scheduler) into SystemExit so that
+    # an interrupted checkpoint write removes its temporary file instead of leaving it behind.
+    sys.exit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sys.exit(main())

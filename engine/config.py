@@ -26,6 +26,7 @@ OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "train.max_steps_per_epoch": (int,),
     "train.segmenter_checkpoint": (str,),
     "train.grad_clip": (int, float),
+    "train.checkpoint_every_steps": (int,),
     "test.tile": (int,),
     "attribution.ig_chunk": (int,),
 }
@@ -109,6 +110,7 @@ DEFAULTS: dict[str, Any] = {
         "image_log_every": 100,
         "val_every": 1,
         "on_nonfinite_loss": "skip",  # skip | stop
+        "checkpoint_every_steps": None,  # also write last.pt every N steps (mid-epoch resume)
         "grad_clip": None,
     },
     "test": {

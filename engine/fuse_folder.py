@@ -124,6 +124,8 @@ def fuse_folder(
     for folder in (ir_dir, vi_dir):
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"input folder not found: {folder}")
+        if out_dir.resolve() == Path(folder).resolve():
+            raise ValueError(f"output folder {out_dir} is an input folder; choose another --out")
     pairs, problems = pair_files(ir_dir, vi_dir)
     for problem in problems:
         report.failed.append((problem.path, str(problem)))

@@ -52,7 +52,9 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts + [length - tile]
 
 
-def fuse(model: UAAFusion, ir: torch.Tensor, vi: torch.Tensor, tile: int | None = None, overlap: int = 32) -> FusedImage:
+def fuse(
+    model: UAAFusion, ir: torch.Tensor, vi: torch.Tensor, tile: int | None = None, overlap: int = 32
+) -> FusedImage:
     """Fuse (N, 1, H, W) images in [0, 1]; with ``tile`` set, fuse overlapping tiles and average the overlaps.
 
     Tiling bounds memory on large images; attribution then sees each tile separately (regions and weights

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from data.datasets import build_dataset
@@ -159,12 +159,16 @@ class Trainer:
         pretrain = self.tcfg["segmenter_pretrain_epochs"] > 0 and not self.tcfg["segmenter_checkpoint"]
         self.phase = "pretrain" if pretrain else "joint"  # a given segmenter checkpoint replaces stage 1
         self.epoch = 0  # completed epochs in the current phase
+        self.step_in_epoch = 0  # steps done in the current (joint) epoch; > 0 only in mid-epoch checkpoints
+        self.epoch_sums: dict[str, float] = {}  # running loss sums of the current epoch (and "_done" count)
         self.global_step = 0
         self.best_metric = -math.inf
         self.nonfinite_steps = 0
         self.history: list[dict[str, Any]] = []
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.run_dir.glob(".*.tmp"):  # left by a process killed while writing
+                stale.unlink()
             save_config(cfg, self.run_dir / "config.yaml")
         if resume:
             self.resume(self.run_dir / "last.pt")
@@ -213,15 +217,19 @@ class Trainer:
         self.model.segmenter.load_state_dict(state)
         log.info("segmenter initialised from %s", path)
 
-    def _loader(self, epoch: int) -> DataLoader:
+    def _loader(self, epoch: int, start_batch: int = 0) -> DataLoader:
+        """The epoch's batches in a fixed order given (seed, epoch), starting at batch ``start_batch``."""
         self.train_set.set_epoch(epoch)
         generator = torch.Generator().manual_seed(self.cfg["seed"] * 100_003 + epoch)
         if self.dist.enabled:
             sampler = DistributedSampler(self.train_set, self.dist.world_size, self.dist.rank,
                                          shuffle=True, seed=self.cfg["seed"], drop_last=True)
             sampler.set_epoch(epoch)
+            if start_batch:
+                log.warning("DDP resumes at the start of the interrupted epoch (mid-epoch resume is single-process)")
         else:
-            sampler = RandomSampler(self.train_set, generator=generator)
+            order = torch.randperm(len(self.train_set), generator=generator).tolist()
+            sampler = order[start_batch * self.tcfg["batch_size"]:]
         return DataLoader(self.train_set, batch_size=self.tcfg["batch_size"], sampler=sampler, drop_last=True,
                           num_workers=self.cfg["data"]["num_workers"], generator=generator,
                           pin_memory=self.device.type == "cuda")
@@ -237,6 +245,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "phase": self.phase,
             "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "epoch_sums": self.epoch_sums,
             "global_step": self.global_step,
             "best_metric": self.best_metric,
             "nonfinite_steps": self.nonfinite_steps,
@@ -249,11 +259,27 @@ class Trainer:
         }
 
     def save(self, name: str) -> None:
-        if self.dist.is_main:
-            save_checkpoint(self.run_dir / name, self.state())
+        """Write a checkpoint atomically (rank 0); the previous ``last.pt`` is kept as ``last.prev.pt``."""
+        if not self.dist.is_main:
+            return
+        target = self.run_dir / name
+        if name == "last.pt" and target.exists():
+            os.replace(target, self.run_dir / "last.prev.pt")
+        save_checkpoint(target, self.state())
+
+    def _load_resumable(self, path: Path) -> dict[str, Any]:
+        """``path``, or ``last.prev.pt`` beside it when ``path`` is missing, truncated or corrupted."""
+        try:
+            return load_checkpoint(path, map_location=self.device)
+        except CheckpointError as err:
+            previous = path.with_name("last.prev.pt")
+            if not previous.exists():
+                raise
+            log.warning("%s; resuming from the previous checkpoint %s instead", err, previous)
+            return load_checkpoint(previous, map_location=self.device)
 
     def resume(self, path: Path) -> None:
-        payload = load_checkpoint(path, map_location=self.device)
+        payload = self._load_resumable(path)
         self.model.load_state_dict(payload["model"])
         for k, o in self.optimizers.items():
             o.load_state_dict(payload["optimizers"][k])
@@ -262,6 +288,8 @@ class Trainer:
         self.pretrain_optimizer.load_state_dict(payload["pretrain_optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
         self.phase, self.epoch = payload["phase"], payload["epoch"]
+        self.step_in_epoch = payload.get("step_in_epoch", 0)
+        self.epoch_sums = payload.get("epoch_sums", {})
         self.global_step, self.best_metric = payload["global_step"], payload["best_metric"]
         self.nonfinite_steps = payload.get("nonfinite_steps", 0)
         self.history = payload.get("history", [])
@@ -282,11 +310,13 @@ class Trainer:
             self.phase, self.epoch = "joint", 0
             self.save("last.pt")
         while self.epoch < self.tcfg["epochs"]:
-            self._start_epoch("joint", self.epoch)
+            if self.step_in_epoch == 0:  # a mid-epoch resume continues with the restored generator states
+                self._start_epoch("joint", self.epoch)
             stats = self.train_one_epoch(self.epoch)
             for scheduler in self.schedulers.values():
                 scheduler.step()
             self.epoch += 1
+            self.step_in_epoch, self.epoch_sums = 0, {}
             if self.val_set is not None and (self.epoch % self.tcfg["val_every"] == 0
                                              or self.epoch == self.tcfg["epochs"]):
                 stats.update(self.validate())
@@ -346,28 +376,37 @@ class Trainer:
         return {"pretrain_ce": total / max(steps, 1)}
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """Stage 2: one epoch of joint training; returns mean loss terms."""
+        """Stage 2: one epoch of joint training (from ``step_in_epoch`` on); returns mean loss terms.
+
+        With ``train.checkpoint_every_steps`` set, ``last.pt`` is also written every that many steps, so a
+        killed run resumes mid-epoch (single process) exactly where it stopped.
+        """
         self.model.train()
-        loader = self._loader(epoch)
-        steps = self._steps_in(loader)
-        sums: dict[str, float] = {}
-        done = 0
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.tcfg['epochs']}", disable=not self.show_progress,
-                   leave=False)
-        for step, batch in enumerate(loader):
+        steps = self._steps_in(self._loader(epoch))
+        start = self.step_in_epoch if not self.dist.enabled else 0
+        loader = self._loader(epoch, start)
+        sums = self.epoch_sums if start else {}
+        every = self.tcfg["checkpoint_every_steps"]
+        bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{self.tcfg['epochs']}",
+                   disable=not self.show_progress, leave=False)
+        for step, batch in enumerate(loader, start=start):
             if step >= steps:
                 break
             terms, out = self.train_step(batch)
             self.global_step += 1
+            self.step_in_epoch = step + 1
             bar.update(1)
-            if terms is None:
-                continue
-            done += 1
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{terms['total']:.4f}")
-            self._log_step(terms, out, batch)
+            if terms is not None:
+                sums["_done"] = sums.get("_done", 0.0) + 1
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{terms['total']:.4f}")
+                self._log_step(terms, out, batch)
+            self.epoch_sums = sums
+            if every and self.step_in_epoch % every == 0 and self.step_in_epoch < steps:
+                self.save("last.pt")
         bar.close()
+        done = sums.pop("_done", 0.0)
         return {f"loss_{k}": v / max(done, 1) for k, v in sums.items()}
 
     def train_step(self, batch: dict) -> tuple[dict[str, float] | None, UAAFusionOutput | None]:
@@ -379,7 +418,7 @@ class Trainer:
         total = terms["total"]
         if not torch.isfinite(total):
             self.nonfinite_steps += 1
-            values = {k: float(v) for k, v in terms.items()}
+            values = {k: float(v.detach()) for k, v in terms.items()}
             message = f"non-finite loss at step {self.global_step + 1}: {values}"
             if self.tcfg["on_nonfinite_loss"] == "stop":
                 self.save("last.pt")

@@ -79,7 +79,9 @@ class UAAFusion(nn.Module):
             self._scoring_cache = (key, prepare_scoring_model(self.segmenter, self.attribution.fold_batchnorm))
         return self._scoring_cache[1]
 
-    def predict_regions(self, image: torch.Tensor, scoring: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_regions(
+        self, image: torch.Tensor, scoring: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Regions (argmax, (N, H, W)) and scores (N, C, H, W) of the segmenter on ``image`` (no gradient)."""
         scoring = scoring or self.scoring_model()
         with torch.no_grad():

@@ -28,3 +28,13 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MSRS" / "ir").is_dir():
         pytest.skip(f"real image pairs not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A small synthetic FMB-layout dataset (32 train + 4 test pairs, 64×48), generated once per session."""
+    from data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic_fmb")
+    generate_dataset(root, n_train=32, n_test=4, size=(64, 48), seed=0, overwrite=True)
+    return root

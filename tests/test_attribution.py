@@ -184,7 +184,8 @@ def test_weights_sum_to_one_in_unit_range_and_relu_rule():
     assert w_ir[0, 0, 0, 1] == pytest.approx(0.0, abs=1e-8)  # ReLU rule: all weight to visible
     assert w_ir[0, 0, 1, 0] == pytest.approx(1.0, abs=1e-8)  # ReLU rule: all weight to infrared
     assert w_ir[0, 0, 1, 1] == 0.5  # ignored pixel
-    w_ir, _ = attribution_weights(torch.tensor([[0.0]]), torch.tensor([[-1.0]]), torch.zeros(1, 1, 1, dtype=torch.long), 1)
+    one_pixel = torch.zeros(1, 1, 1, dtype=torch.long)
+    w_ir, _ = attribution_weights(torch.tensor([[0.0]]), torch.tensor([[-1.0]]), one_pixel, 1)
     assert w_ir.item() == pytest.approx(0.5)  # ε/2ε when neither source contributes
 
 

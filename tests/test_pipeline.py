@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from data.synthetic import generate_dataset
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.config import ConfigError, load_config
 from engine.trainer import Trainer
@@ -38,13 +37,6 @@ TINY = ["fusion.stages=2", "fusion.channels=8", "attribution.ig_steps=2", "data.
 
 def tiny_config(root: Path, *extra: str) -> dict:
     return load_config(REPO / "configs" / "demo.yaml", [f"data.root={root}", *TINY, *extra])
-
-
-@pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic_fmb")
-    generate_dataset(root, n_train=32, n_test=4, size=(64, 48), seed=0, overwrite=True)
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +101,8 @@ def _pick_pairs(shared: Path, dst: Path) -> dict[str, tuple[int, int, bool]]:
                 (dst / mod).mkdir(parents=True, exist_ok=True)
                 (dst / mod / f"{folder}_{name}").write_bytes((shared / folder / mod / name).read_bytes())
             vi = cv2.imread(str(shared / folder / "vi" / name), cv2.IMREAD_UNCHANGED)
-            colour = vi.ndim == 3 and not (np.array_equal(vi[..., 0], vi[..., 1]) and np.array_equal(vi[..., 1], vi[..., 2]))
+            colour = vi.ndim == 3 and not (np.array_equal(vi[..., 0], vi[..., 1])
+                                           and np.array_equal(vi[..., 1], vi[..., 2]))
             expected[Path(f"{folder}_{name}").stem] = (vi.shape[0], vi.shape[1], colour)
     return expected
 

@@ -9,7 +9,8 @@ from models.uaafusion import build_model
 
 def test_one_training_step_reaches_every_parameter():
     torch.manual_seed(0)
-    cfg = {"fusion": {"stages": 2, "channels": 8}, "segmenter": {"encoder": "mobilenet_v2"}, "attribution": {"ig_steps": 2}}
+    cfg = {"fusion": {"stages": 2, "channels": 8}, "segmenter": {"encoder": "mobilenet_v2"},
+           "attribution": {"ig_steps": 2}}
     model = build_model(cfg, num_classes=3).train()
     ir, vi = torch.rand(2, 2, 1, 32, 32)
     labels = torch.randint(0, 3, (2, 32, 32))

@@ -54,6 +54,7 @@ from scripts.repro_common import (  # noqa: E402
     json_safe,
     progress,
     remove_output,
+    run_cli,
     say,
     warn,
 )
@@ -392,12 +393,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ReproError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser, run, argv)
 
 
 if __name__ == "__main__":

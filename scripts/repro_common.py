@@ -522,3 +522,13 @@ def write_tables(stem: Path, sections: Sequence[Section], meta: Mapping[str, Any
     if not quiet:
         say(f"wrote {md_path}, {json_path.name}, {csv_path.name}")
     return [md_path, json_path, csv_path]
+
+
+def run_cli(build_parser, run, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with ``build_parser()`` and call ``run(args)``; a :class:`ReproError` becomes exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ReproError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -68,6 +68,7 @@ from scripts.repro_common import (  # noqa: E402
     read_json,
     read_marker,
     remove_output,
+    run_cli,
     safe_name,
     say,
     write_tables,
@@ -496,12 +497,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ReproError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -619,7 +619,21 @@ def _layout_dirs(root: Path, split: str, names: tuple[str, str, str], layout: st
     return dirs
 
 
-class FMBDataset(PairedFolderDataset):
+class _SplitLayoutDataset(PairedFolderDataset):
+    """A fixed ``root/{split}/{ir, vi, label}`` layout; subclasses name the folders and the default classes."""
+
+    folders: tuple[str, str, str]
+    default_classes: Sequence[str]
+
+    def __init__(self, root: PathLike, split: str = "train", *, labels: bool = True, **kwargs: Any) -> None:
+        self.root, self.split = Path(root), split
+        ir, vi, lab = _layout_dirs(self.root, split, self.folders, self.layout, labels)
+        if kwargs.get("class_names") is None:
+            kwargs["class_names"] = _root_classes(self.root)
+        super().__init__(ir, vi, lab if labels else None, default_classes=self.default_classes, **kwargs)
+
+
+class FMBDataset(_SplitLayoutDataset):
     """FMB: ``root/{train,test}/{Infrared,Visible,Label}/NNNNN.png``; 15 classes (``root/classes.yaml`` overrides).
 
     Args:
@@ -629,27 +643,17 @@ class FMBDataset(PairedFolderDataset):
 
     layout = "fmb"
     folders = ("Infrared", "Visible", "Label")
-
-    def __init__(self, root: PathLike, split: str = "train", *, labels: bool = True, **kwargs: Any) -> None:
-        self.root, self.split = Path(root), split
-        ir, vi, lab = _layout_dirs(self.root, split, self.folders, self.layout, labels)
-        if kwargs.get("class_names") is None:
-            kwargs["class_names"] = _root_classes(self.root)
-        super().__init__(ir, vi, lab if labels else None, default_classes=FMB_CLASSES, **kwargs)
+    default_classes = FMB_CLASSES
 
 
-class MSRSDataset(PairedFolderDataset):
+
+class MSRSDataset(_SplitLayoutDataset):
     """MSRS: ``root/{train,test}/{ir,vi,Segmentation_labels}/NNNNN{D,N}.png``; 9 classes (classes.yaml overrides)."""
 
     layout = "msrs"
     folders = ("ir", "vi", "Segmentation_labels")
+    default_classes = MSRS_CLASSES
 
-    def __init__(self, root: PathLike, split: str = "train", *, labels: bool = True, **kwargs: Any) -> None:
-        self.root, self.split = Path(root), split
-        ir, vi, lab = _layout_dirs(self.root, split, self.folders, self.layout, labels)
-        if kwargs.get("class_names") is None:
-            kwargs["class_names"] = _root_classes(self.root)
-        super().__init__(ir, vi, lab if labels else None, default_classes=MSRS_CLASSES, **kwargs)
 
 
 class RoadSceneDataset(PairedFolderDataset):

@@ -7,10 +7,11 @@ BIN := $(VENV)/bin
 # (nvidia-smi present) this step is skipped and requirements.txt brings the CUDA wheels.
 CPU_ONLY ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 0 || echo 1)
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
-DEMO_DATA ?= datasets/synthetic_fmb
-DEMO_RUN ?= runs/demo
+DEMO_OUT ?= runs/demo
+TRAIN_DATA ?= datasets/synthetic_fmb
+TRAIN_RUN ?= runs/demo_train
 
-.PHONY: venv test demo lint bench clean-demo
+.PHONY: venv test demo demo-train lint bench gpu-check docs clean-demo
 
 venv: $(VENV)/.installed
 
@@ -24,23 +25,38 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints-cpu.txt
 test: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
+# Fuse the bundled real pairs (assets/samples) with the shipped model (checkpoints/uaafusion_mfnet.pt).
 demo: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m data.synthetic --out $(DEMO_DATA) --train 96 --test 12 --seed 0
-	HF_HUB_OFFLINE=1 $(BIN)/python train.py --config configs/demo.yaml --set data.root=$(DEMO_DATA) --run-dir $(DEMO_RUN)
-	HF_HUB_OFFLINE=1 $(BIN)/python test.py --config $(DEMO_RUN)/config.yaml --checkpoint $(DEMO_RUN)/best.pt \
-		--ir $(DEMO_DATA)/test/Infrared --vi $(DEMO_DATA)/test/Visible --out $(DEMO_RUN)/fused --save-maps
-	HF_HUB_OFFLINE=1 $(BIN)/python eval_metrics.py --ir $(DEMO_DATA)/test/Infrared --vi $(DEMO_DATA)/test/Visible \
-		--fused UAAFusion=$(DEMO_RUN)/fused --json $(DEMO_RUN)/metrics.json --markdown
+	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.demo --out $(DEMO_OUT)
+
+# The whole pipeline on generated scenes: generate, train 80 steps (continued if interrupted; nothing to do when
+# finished), fuse the test split, score it beside the sources.
+demo-train: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m data.synthetic --out $(TRAIN_DATA) --train 96 --test 12 --seed 0
+	if [ -f $(TRAIN_RUN)/last.pt ]; then HF_HUB_OFFLINE=1 $(BIN)/python train.py --resume $(TRAIN_RUN); \
+	else HF_HUB_OFFLINE=1 $(BIN)/python train.py --config configs/demo.yaml --set data.root=$(TRAIN_DATA) \
+		--run-dir $(TRAIN_RUN); fi
+	HF_HUB_OFFLINE=1 $(BIN)/python test.py --checkpoint $(TRAIN_RUN)/last.pt \
+		--ir $(TRAIN_DATA)/test/Infrared --vi $(TRAIN_DATA)/test/Visible --out $(TRAIN_RUN)/fused --save-maps
+	HF_HUB_OFFLINE=1 $(BIN)/python eval_metrics.py --ir $(TRAIN_DATA)/test/Infrared --vi $(TRAIN_DATA)/test/Visible \
+		--fused UAAFusion=$(TRAIN_RUN)/fused --references --json $(TRAIN_RUN)/metrics.json --markdown
 	@echo
-	@echo "Demo finished. Fused images: $(DEMO_RUN)/fused   attribution maps: $(DEMO_RUN)/fused/maps"
-	@echo "Metrics: $(DEMO_RUN)/metrics.json   TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_RUN)/tb"
+	@echo "Fused images: $(TRAIN_RUN)/fused   attribution maps: $(TRAIN_RUN)/fused/maps"
+	@echo "Metrics: $(TRAIN_RUN)/metrics.json   TensorBoard: $(BIN)/tensorboard --logdir $(TRAIN_RUN)/tb"
 
 bench: venv
-	$(BIN)/python scripts/bench_attribution.py
-	$(BIN)/python scripts/bench_metrics.py
+	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_model
+	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_attribution
+	$(BIN)/python -m scripts.bench_metrics
+
+gpu-check: venv
+	bash scripts/gpu_check.sh
+
+docs: venv
+	$(BIN)/python -m engine.config
 
 lint: venv
 	$(BIN)/python -m pip install -q ruff && $(BIN)/ruff check .
 
 clean-demo:
-	rm -rf $(DEMO_DATA) $(DEMO_RUN)
+	rm -rf $(DEMO_OUT) $(TRAIN_DATA) $(TRAIN_RUN)

@@ -1,11 +1,11 @@
 """Fuse every infrared/visible pair of two folders with a trained (or converted release) checkpoint.
 
-    python test.py --checkpoint runs/demo/best.pt --ir DIR --vi DIR --out DIR
-    python test.py --config configs/official_release.yaml --checkpoint release.pt --ir DIR --vi DIR --out DIR \
+    python test.py --checkpoint checkpoints/uaafusion_mfnet.pt --ir DIR --vi DIR --out DIR
+    python test.py --config configs/official_release.yaml --checkpoint release.pt --ir DIR --vi DIR --out DIR
         --stretch --chroma release --save-npy --save-maps
 
 Exit code 0 when every pair was fused, 1 when any pair or file failed (each is named on stderr), 2 on a
-usage or set-up error (missing folder, unreadable checkpoint, bad config).
+usage or set-up error (missing folder, unreadable checkpoint, bad config or option), checked before any work.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import sys
 
 import torch
 
-from engine.checkpoint import CheckpointError
+from engine.checkpoint import CheckpointError, load_model_from_checkpoint
 from engine.config import ConfigError, load_config
-from engine.fuse_folder import fuse_folder
-from engine.trainer import load_model_from_checkpoint, resolve_device
+from engine.fuse_folder import DEFAULT_MAX_MEMORY_GB, FuseSettings, fuse_folder
+from engine.runtime import prepare_process, resolve_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,38 +26,64 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by train.py or the release converter")
     p.add_argument("--config", default=None, help="build the model from this config instead of the checkpoint's")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (with --config)")
+                   help="override a config key (of --config, or else of the checkpoint's own config)")
     p.add_argument("--ir", required=True, help="folder of infrared images")
     p.add_argument("--vi", required=True, help="folder of visible images (paired with --ir by file stem)")
     p.add_argument("--out", required=True, help="output folder (created; inputs are never overwritten)")
+    p.add_argument("--labels", default=None, metavar="DIR",
+                   help="regions from these label maps (paired by stem; the training path) instead of the "
+                        "segmenter's argmax")
     p.add_argument("--device", default=None, help="cpu | cuda | auto (default: the config's)")
+    p.add_argument("--precision", choices=("float32", "float64"), default="float32",
+                   help="float64 runs model and inputs in double precision (exact comparisons; ~2-4x slower)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None,
+                   help="autocast for the fusion network (default: the config's amp); attribution stays float32")
     p.add_argument("--stretch", action="store_true", help="per-image min-max stretch (release) instead of clamping")
     p.add_argument("--chroma", choices=("visible", "release"), default=None,
                    help="chroma of the visible image (default) or the release's weighted chroma of both")
     p.add_argument("--batch", type=int, default=None, help="pairs of the same size fused together (default 1)")
-    p.add_argument("--tile", type=int, default=None, help="fuse in tiles of this side to bound memory")
-    p.add_argument("--save-npy", action="store_true", help="also write OUT/npy/NAME.npy (raw float32 output)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="fuse in tiles of this side (> 32, the overlap) to bound memory")
+    p.add_argument("--max-memory", type=float, default=None, metavar="GB",
+                   help="fuse in tiles when an image would need more memory (default: the config's "
+                        f"test.max_memory_gb, {DEFAULT_MAX_MEMORY_GB:g}; 0 = never tile automatically)")
+    p.add_argument("--save-npy", action="store_true", help="also write OUT/npy/NAME.npy (raw output)")
     p.add_argument("--save-maps", action="store_true", help="also write OUT/maps/ (w_ir, w_vi, attention per stage)")
-    p.add_argument("--ext", default=".png", help="output image extension")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--ext", default=".png", help="output image extension (default .png)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores; never more)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace, cfg: dict) -> FuseSettings:
+    """The fusing settings: command line first, then the config's ``test:`` block and ``amp``."""
+    t = cfg["test"]
+    max_memory = t["max_memory_gb"] if args.max_memory is None else (args.max_memory or None)
+    return FuseSettings(
+        output="stretch" if args.stretch else t["output"], chroma=args.chroma or t["chroma"],
+        tile=args.tile if args.tile is not None else t["tile"], max_memory_gb=max_memory,
+        save_npy=args.save_npy, save_maps=args.save_maps, extension=args.ext,
+        batch_size=args.batch if args.batch is not None else t["batch_size"],
+        amp=args.amp or cfg["amp"], precision=args.precision, labels_dir=args.labels, show_progress=not args.quiet,
+    )
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        prepare_process(args.threads)
         cfg = load_config(args.config, args.overrides) if args.config else None
         device = resolve_device(args.device or (cfg["device"] if cfg else "auto"))
-        model, payload = load_model_from_checkpoint(args.checkpoint, cfg, device)
-        cfg = cfg or payload["config"]
-        report = fuse_folder(
-            model, args.ir, args.vi, args.out, device=device,
-            output="stretch" if args.stretch else cfg["test"]["output"],
-            chroma=args.chroma or cfg["test"]["chroma"], tile=args.tile or cfg["test"]["tile"],
-            save_npy=args.save_npy, save_maps=args.save_maps, extension=args.ext, show_progress=not args.quiet,
-            batch_size=args.batch or cfg["test"]["batch_size"],
-        )
+        model, payload = load_model_from_checkpoint(args.checkpoint, cfg, device, overrides=args.overrides)
+        cfg = payload["config"]
+        settings = settings_from(args, cfg)
+        if args.amp is None and settings.precision == "float64":
+            settings.amp = "none"
+        settings.validate()
+        if settings.precision == "float64":
+            model = model.to(torch.float64)
+        report = fuse_folder(model, args.ir, args.vi, args.out, settings, device)
     except (ConfigError, CheckpointError, OSError, RuntimeError, TypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -23,19 +23,18 @@ import numpy as np
 
 from data.datasets import (
     CLASSES_FILE,
-    FMB_CLASSES,
-    MSRS_CLASSES,
-    FMBDataset,
-    MSRSDataset,
     Problem,
     list_images,
     pair_files,
     resolve_class_names,
 )
 from data.io import ImageReadError, decode_image_unchanged, is_effectively_gray, read_image, read_label
+from data.layouts import DATASET_NAMES
+from data.layouts import LAYOUTS as LAYOUT_TABLE
+from data.layouts import detect_layout as detect_layout  # re-exported: the check's layout guess
 
 PathLike = str | os.PathLike
-LAYOUTS = ("auto", "fmb", "msrs", "roadscene", "folders")
+LAYOUTS = ("auto", *DATASET_NAMES)
 
 
 @dataclass
@@ -78,19 +77,6 @@ class CheckReport:
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
-
-
-def detect_layout(root: PathLike) -> str:
-    """Guess the layout of ``root``: fmb, msrs, roadscene or folders (``root/{ir,vi}``)."""
-    root = Path(root)
-    splits = [root / s for s in ("train", "test")]
-    if any((s / "Infrared").is_dir() for s in splits):
-        return "fmb"
-    if any((s / "ir").is_dir() and (s / "vi").is_dir() for s in splits):
-        return "msrs"
-    if (root / "cropinfrared").is_dir():
-        return "roadscene"
-    return "folders"
 
 
 def _check_split(
@@ -155,6 +141,10 @@ def _check_split(
                                                 else "")))
             valid = (label >= 0) & (label < num_classes)
             counts += np.bincount(label[valid].ravel(), minlength=num_classes)[:num_classes]
+            if not bad.any() and not (label != 0).any():
+                report.warnings.append(Problem("empty-label", str(pair.label),
+                                               "every pixel is class 0 (nothing labelled); the pair still trains "
+                                               "the fusion terms, and L_seg sees only class 0 in it"))
     if label_dir is not None and num_classes and pairs:
         report.class_pixels[key] = counts.tolist()
         absent = [f"{i} {report.class_names[i]}" for i in np.flatnonzero(counts == 0)]
@@ -205,20 +195,20 @@ def check_dataset(
     jobs: list[tuple[str, Path, Path, Path | None]] = []
     default: Sequence[str] | None = None
     search: list[Path] = [base] if base is not None else []
-    if layout in ("fmb", "msrs"):
+    if layout in LAYOUT_TABLE:
         assert base is not None
-        folders = FMBDataset.folders if layout == "fmb" else MSRSDataset.folders
-        default = FMB_CLASSES if layout == "fmb" else MSRS_CLASSES
-        for split in splits:
-            if (base / split).is_dir():
-                jobs.append((split, base / split / folders[0], base / split / folders[1], base / split / folders[2]))
-        if not jobs:
-            report.problems.append(Problem("missing-folder", str(base),
-                                           f"none of the splits {list(splits)} exists ({layout} layout expects "
-                                           f"{base}/{{{','.join(splits)}}}/{{{','.join(folders)}}})"))
-    elif layout == "roadscene":
-        assert base is not None
-        jobs.append(("all", base / "cropinfrared", base / "crop_LR_visible", None))
+        spec = LAYOUT_TABLE[layout]
+        default = spec.classes
+        if spec.split_folders:
+            for split in splits:
+                if (base / split).is_dir():
+                    jobs.append((split, *spec.dirs(base, split)))
+            if not jobs:
+                report.problems.append(Problem("missing-folder", str(base),
+                                               f"none of the splits {list(splits)} exists ({layout} layout expects "
+                                               f"{spec.describe(base, '{' + ','.join(splits) + '}')})"))
+        else:
+            jobs.append(("all", *spec.dirs(base)))
     else:
         def place(value: PathLike | None, fallbacks: Sequence[str], required: bool) -> Path | None:
             if value is not None:

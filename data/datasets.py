@@ -15,8 +15,11 @@ Modes:
   (see :meth:`PairedFolderDataset.set_epoch`) uses its own generator seeded from ``(seed, e, i)``, so the samples
   do not depend on worker count or order; without a seed the global torch RNG is used, which the DataLoader seeds
   per worker.
-- ``"release_patches"`` (SPEC section 6 row 10): the release's pre-cut patches, indexed as (image, patch) pairs;
+- ``"release_patches"`` (release row 10): the release's pre-cut patches, indexed as (image, patch) pairs;
   see :func:`cut_release_patches`. No flips (the release has none).
+- ``"tiles"``: every non-overlapping ``patch_size`` tile of every image (row-major grid from the top-left corner,
+  a remainder narrower than a tile dropped), no contrast filter; random flips as in random_crop when ``flips``
+  (drawn per (seed, epoch, index)). See docs/DECISIONS.md (D1) for how it relates to the paper's wording.
 - ``"full"``: whole images (evaluation, testing).
 """
 from __future__ import annotations
@@ -24,36 +27,58 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import Dataset
 
 from data.io import PairError, load_fusion_pair, read_label, to_tensor_1hw
+from data.layouts import (
+    CLASSES_FILE,
+    DATASET_NAMES,
+    FMB_CLASSES,
+    LAYOUTS,
+    MFNET_CLASSES,
+    MSRS_CLASSES,
+    Layout,
+    load_class_names,
+    resolve_class_names,
+)
+from data.pairing import IMAGE_EXTENSIONS, PairPaths, Problem, list_images, pair_files
+from data.sampling import (
+    DEFAULT_IGNORE_INDEX,
+    ContrastReference,
+    ReleasePatch,
+    cut_release_patches,
+    pad_to_min_size,
+    patch_spread,
+    random_crop_flip,
+    random_flips,
+    release_patch_origins,
+    sample_seed,
+)
+
+# Re-exported so that ``from data.datasets import ...`` keeps working; each lives in the module named above.
+__all__ = [
+    "CLASSES_FILE", "DEFAULT_IGNORE_INDEX", "FMB_CLASSES", "IMAGE_EXTENSIONS", "MFNET_CLASSES", "MSRS_CLASSES",
+    "ContrastReference", "PairPaths", "Problem", "ReleasePatch", "cut_release_patches", "list_images",
+    "load_class_names", "pad_to_min_size", "pair_files", "patch_spread", "random_crop_flip", "random_flips",
+    "release_patch_origins", "resolve_class_names", "PairedFolderDataset", "LayoutDataset", "FMBDataset",
+    "MSRSDataset", "MFNetDataset", "RoadSceneDataset", "build_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-Mode = Literal["random_crop", "release_patches", "full"]
-MODES: tuple[str, ...] = ("random_crop", "release_patches", "full")
+Mode = Literal["random_crop", "release_patches", "tiles", "full"]
+MODES: tuple[str, ...] = ("random_crop", "release_patches", "tiles", "full")
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-DEFAULT_IGNORE_INDEX = 255
-DEFAULT_PATCH_SIZE = {"random_crop": 128, "release_patches": 256}
+DEFAULT_PATCH_SIZE = {"random_crop": 128, "release_patches": 256, "tiles": 128}
 
-FMB_CLASSES: tuple[str, ...] = (
-    "unlabeled", "road", "sidewalk", "building", "lamp", "sign", "vegetation", "sky",
-    "person", "car", "truck", "bus", "motorcycle", "bicycle", "pole",
-)
-MSRS_CLASSES: tuple[str, ...] = (
-    "unlabelled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump",
-)
-CLASSES_FILE = "classes.yaml"
 
 
 class LabelRangeWarning(UserWarning):
@@ -62,312 +87,6 @@ class LabelRangeWarning(UserWarning):
 
 class UnpairedFilesWarning(UserWarning):
     """Some files have no partner (or no label) and were left out of a dataset."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem found in a dataset folder.
-
-    Attributes:
-        kind: short category, e.g. ``missing-partner``, ``missing-label``, ``duplicate-stem``, ``empty-folder``,
-            ``missing-folder``, ``unreadable``, ``size-mismatch``, ``label-range``, ``absent-class``.
-        path: the file or folder the problem is about.
-        detail: what is wrong, in words.
-    """
-
-    kind: str
-    path: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.path}: {self.detail}"
-
-
-@dataclass(frozen=True)
-class PairPaths:
-    """The files of one sample; ``name`` is the common file stem."""
-
-    name: str
-    ir: Path
-    vi: Path
-    label: Path | None = None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Pairing
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def list_images(folder: PathLike) -> tuple[dict[str, Path], list[Problem]]:
-    """Map file stem -> image path for the image files directly inside ``folder`` (extensions case-insensitive).
-
-    Returns:
-        (stems, problems): problems report a missing or empty folder and stems present under two extensions
-        (the first in sorted order is kept).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return {}, [Problem("missing-folder", str(folder), "folder does not exist")]
-    stems: dict[str, Path] = {}
-    problems: list[Problem] = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-            continue
-        if path.stem in stems:
-            problems.append(Problem("duplicate-stem", str(path),
-                                    f"same stem as '{stems[path.stem].name}'; only that file is used"))
-            continue
-        stems[path.stem] = path
-    if not stems:
-        problems.append(Problem("empty-folder", str(folder),
-                                f"no image files ({', '.join(IMAGE_EXTENSIONS)})"))
-    return stems, problems
-
-
-def pair_files(
-    ir_dir: PathLike, vi_dir: PathLike, label_dir: PathLike | None = None
-) -> tuple[list[PairPaths], list[Problem]]:
-    """Pair infrared, visible (and label) files by stem, with any image extension.
-
-    Returns:
-        (pairs, problems): ``pairs`` sorted by name, complete only (ir, vi and, when ``label_dir`` is given,
-        label); ``problems`` names every file whose partner is missing, plus folder problems.
-    """
-    ir_files, problems = list_images(ir_dir)
-    vi_files, vi_problems = list_images(vi_dir)
-    problems += vi_problems
-    label_files: dict[str, Path] = {}
-    if label_dir is not None:
-        label_files, label_problems = list_images(label_dir)
-        problems += label_problems
-    pairs: list[PairPaths] = []
-    for stem in sorted(set(ir_files) | set(vi_files)):
-        ir, vi = ir_files.get(stem), vi_files.get(stem)
-        if ir is None:
-            problems.append(Problem("missing-partner", str(vi), f"no infrared image named '{stem}.*' in {ir_dir}"))
-            continue
-        if vi is None:
-            problems.append(Problem("missing-partner", str(ir), f"no visible image named '{stem}.*' in {vi_dir}"))
-            continue
-        label = None
-        if label_dir is not None:
-            label = label_files.get(stem)
-            if label is None:
-                problems.append(Problem("missing-label", str(vi), f"no label named '{stem}.*' in {label_dir}"))
-                continue
-        pairs.append(PairPaths(stem, ir, vi, label))
-    for stem in sorted(set(label_files) - set(ir_files) - set(vi_files)):
-        problems.append(Problem("missing-partner", str(label_files[stem]),
-                                f"label without infrared or visible image named '{stem}.*'"))
-    return pairs, problems
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Classes
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def load_class_names(path: PathLike) -> list[str]:
-    """Read a ``classes.yaml``: a YAML list of class names, index = position (``{names: [...]}`` works too)."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as handle:
-        content = yaml.safe_load(handle)
-    if isinstance(content, Mapping):
-        content = content.get("names", content.get("classes"))
-    if not isinstance(content, list) or not content or not all(isinstance(n, str | int) for n in content):
-        raise ValueError(f"{path}: expected a non-empty YAML list of class names")
-    return [str(n) for n in content]
-
-
-def resolve_class_names(
-    class_names: Sequence[str] | PathLike | None = None,
-    num_classes: int | None = None,
-    search_dirs: Iterable[PathLike] = (),
-    default: Sequence[str] | None = None,
-) -> list[str] | None:
-    """Decide the class list: explicit names (or a path to a classes.yaml) > ``classes.yaml`` in the first of
-    ``search_dirs`` that has one > ``default`` (the layout's built-in list) > ``num_classes`` generic names > None.
-
-    Raises:
-        ValueError: ``num_classes`` contradicts the chosen names.
-    """
-    names: list[str] | None = None
-    if isinstance(class_names, str | os.PathLike):
-        names = load_class_names(class_names)
-    elif class_names is not None:
-        names = [str(n) for n in class_names]
-    else:
-        for folder in search_dirs:
-            candidate = Path(folder) / CLASSES_FILE
-            if candidate.is_file():
-                names = load_class_names(candidate)
-                break
-        else:
-            if default is not None:
-                names = list(default)
-            elif num_classes is not None:
-                names = [f"class{i}" for i in range(num_classes)]
-    if names is not None and num_classes is not None and num_classes != len(names):
-        raise ValueError(f"num_classes={num_classes} but the class list has {len(names)} names: {names}")
-    return names
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sampling helpers
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _pair_size(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
-
-
-def pad_to_min_size(
-    image: np.ndarray, size: int | Sequence[int], *, mode: Literal["reflect", "constant"] = "reflect", value: float = 0
-) -> np.ndarray:
-    """Pad the first two axes of ``image`` (evenly on both sides) up to at least ``size`` = (h, w) or an int."""
-    ph, pw = _pair_size(size)
-    h, w = image.shape[:2]
-    dh, dw = max(ph - h, 0), max(pw - w, 0)
-    if dh == 0 and dw == 0:
-        return image
-    widths = [(dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)] + [(0, 0)] * (image.ndim - 2)
-    if mode == "constant":
-        return np.pad(image, widths, mode="constant", constant_values=value)
-    return np.pad(image, widths, mode="reflect")
-
-
-def random_crop_flip(
-    ir: np.ndarray,
-    vi: np.ndarray,
-    label: np.ndarray | None = None,
-    size: int | Sequence[int] = 128,
-    *,
-    flips: bool = True,
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    generator: torch.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The same random crop and random horizontal / vertical flips for ir, vi and label.
-
-    Args:
-        ir, vi: (H, W) float32 images.
-        label: (H, W) int64 or None.
-        size: crop size, int or (h, w). Smaller images are reflect-padded first (label padded with ignore_index).
-        flips: draw the two flips (each with probability 1/2); the random draws are made either way, so turning
-            flips off does not change the crop positions.
-        generator: torch generator; None uses the global torch RNG.
-
-    Returns:
-        (ir, vi, label) contiguous crops of shape (h, w).
-    """
-    ph, pw = _pair_size(size)
-    ir = pad_to_min_size(ir, (ph, pw))
-    vi = pad_to_min_size(vi, (ph, pw))
-    if label is not None:
-        label = pad_to_min_size(label, (ph, pw), mode="constant", value=ignore_index)
-    height, width = ir.shape[:2]
-    top = int(torch.randint(0, height - ph + 1, (1,), generator=generator))
-    left = int(torch.randint(0, width - pw + 1, (1,), generator=generator))
-    coins = torch.rand(2, generator=generator)
-    hflip, vflip = flips and bool(coins[0] < 0.5), flips and bool(coins[1] < 0.5)
-
-    def take(array: np.ndarray) -> np.ndarray:
-        out = array[top:top + ph, left:left + pw]
-        if hflip:
-            out = out[:, ::-1]
-        if vflip:
-            out = out[::-1, :]
-        return np.ascontiguousarray(out)
-
-    return take(ir), take(vi), (take(label) if label is not None else None)
-
-
-ContrastReference = Literal["p90", "range"]
-
-
-def patch_spread(patch: np.ndarray, relative_to: ContrastReference = "p90") -> float:
-    """Relative 10-90 percentile spread of a patch in [0, 1].
-
-    ``"p90"`` (the release's rule): (p90 - p10) / p90, with an all-dark patch (p90 = 0) counting as spread 0.
-    ``"range"``: (p90 - p10) / 1, the spread as a fraction of the [0, 1] data range.
-    """
-    p10, p90 = np.percentile(patch, [10, 90])
-    if relative_to == "range":
-        return float(p90 - p10)
-    if relative_to != "p90":
-        raise ValueError(f"relative_to must be 'p90' or 'range', not {relative_to!r}")
-    return float((p90 - p10) / p90) if p90 > 0 else 0.0
-
-
-def release_patch_origins(
-    ir: np.ndarray,
-    vi: np.ndarray,
-    size: int = 256,
-    min_spread: float = 0.1,
-    relative_to: ContrastReference = "p90",
-) -> list[tuple[int, int]]:
-    """Top-left corners of the release's kept patches; see :func:`cut_release_patches`."""
-    height, width = ir.shape[:2]
-    origins = []
-    for top in range(0, height - size + 1, size):
-        for left in range(0, width - size + 1, size):
-            window = (slice(top, top + size), slice(left, left + size))
-            if (patch_spread(ir[window], relative_to) >= min_spread
-                    and patch_spread(vi[window], relative_to) >= min_spread):
-                origins.append((top, left))
-    return origins
-
-
-class ReleasePatch(NamedTuple):
-    """One kept patch: its top-left corner and the (size, size) crops."""
-
-    top: int
-    left: int
-    ir: np.ndarray
-    vi: np.ndarray
-    label: np.ndarray | None
-
-
-def cut_release_patches(
-    ir: np.ndarray,
-    vi: np.ndarray,
-    label: np.ndarray | None = None,
-    size: int = 256,
-    min_spread: float = 0.1,
-    relative_to: ContrastReference = "p90",
-) -> list[ReleasePatch]:
-    """Cut an image pair into the release's training patches (SPEC section 6, row 10).
-
-    Non-overlapping ``size`` x ``size`` windows on a grid from the top-left corner (stride = size; a remainder
-    narrower than ``size`` at the right / bottom is dropped, and an image smaller than ``size`` gives none).
-    A window is **skipped when either** the infrared or the visible patch is low-contrast, i.e. kept only when
-    both have :func:`patch_spread` >= ``min_spread``. The release measures the spread relative to the patch's own
-    90th percentile, (p90 - p10) / p90 (``relative_to="p90"``, default); ``"range"`` measures it as a fraction
-    of the [0, 1] range instead. Deviation: the release keeps all-dark patches (its 0/0 gives NaN, which never
-    compares below the threshold); here they are skipped.
-
-    Args:
-        ir, vi: (H, W) float32 in [0, 1] (vi is the visible luminance).
-        label: (H, W) int64 or None.
-
-    Returns:
-        Kept patches in row-major order.
-    """
-    out = []
-    for top, left in release_patch_origins(ir, vi, size, min_spread, relative_to):
-        window = (slice(top, top + size), slice(left, left + size))
-        out.append(ReleasePatch(top, left, ir[window].copy(), vi[window].copy(),
-                                None if label is None else label[window].copy()))
-    return out
-
-
-def _sample_seed(seed: int, epoch: int, index: int) -> int:
-    # SplitMix-style mixing keeps neighbouring (epoch, index) seeds far apart.
-    value = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
-    value ^= value >> 31
-    return value & (2**63 - 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -487,6 +206,8 @@ class PairedFolderDataset(Dataset):
         self._patch_index: list[tuple[int, int, int]] = []
         if mode == "release_patches":
             self._patch_index = self._index_release_patches()
+        elif mode == "tiles":
+            self._patch_index = self._index_tiles()
 
     # -- labels ------------------------------------------------------------------------------------------------
 
@@ -561,6 +282,18 @@ class PairedFolderDataset(Dataset):
         logger.info("release_patches: %d patches from %d images", len(index), len(self.pairs))
         return index
 
+    def _index_tiles(self) -> list[tuple[int, int, int]]:
+        index = []
+        size = self.patch_size
+        for i in range(len(self.pairs)):
+            height, width = self.load_pair(i)["ir"].shape[:2]
+            index.extend((i, top, left) for top in range(0, height - size + 1, size)
+                         for left in range(0, width - size + 1, size))
+        if not index:
+            raise ValueError(f"tiles: every image in {self.ir_dir} is smaller than one {size}x{size} tile")
+        logger.info("tiles: %d tiles of %dx%d from %d images", len(index), size, size, len(self.pairs))
+        return index
+
     # -- Dataset protocol ----------------------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
@@ -568,29 +301,31 @@ class PairedFolderDataset(Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self._patch_index) if self.mode == "release_patches" else len(self.pairs)
+        return len(self._patch_index) if self.mode in ("release_patches", "tiles") else len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
-        if self.mode == "release_patches":
+        if self.mode in ("release_patches", "tiles"):
             pair_index, top, left = self._patch_index[index]
         else:
             pair_index, top, left = index, 0, 0
         arrays = self.load_pair(pair_index)
         ir, vi, label = arrays["ir"], arrays["vi_y"], arrays["label"]
         name = arrays["name"]
+        generator = None
+        if self.seed is not None and self.mode in ("random_crop", "tiles"):
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
         if self.mode == "random_crop":
-            generator = None
-            if self.seed is not None:
-                generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, index))
             ir, vi, label = random_crop_flip(ir, vi, label, self.patch_size, flips=self.flips,
                                              ignore_index=self.ignore_index, generator=generator)
-        elif self.mode == "release_patches":
+        elif self.mode in ("release_patches", "tiles"):
             window = (slice(top, top + self.patch_size), slice(left, left + self.patch_size))
             ir, vi = ir[window], vi[window]
             label = label[window] if label is not None else None
             name = f"{name}_y{top}_x{left}"
+            if self.mode == "tiles" and self.flips:
+                ir, vi, label = random_flips(ir, vi, label, generator)
         sample: dict[str, Any] = {"ir": to_tensor_1hw(ir), "vi": to_tensor_1hw(vi), "name": name}
         if label is not None:
             sample["label"] = torch.from_numpy(np.array(label, dtype=np.int64, order="C", copy=True))
@@ -608,69 +343,64 @@ class PairedFolderDataset(Dataset):
                 f"patch_size={self.patch_size}, classes={self.num_classes}, ir_dir='{self.ir_dir}')")
 
 
-def _layout_dirs(root: Path, split: str, names: tuple[str, str, str], layout: str, labels: bool) -> list[Path]:
-    dirs = [root / split / name for name in names]
-    needed = dirs if labels else dirs[:2]
-    missing = [str(d) for d in needed if not d.is_dir()]
-    if missing:
-        raise FileNotFoundError(f"{layout} layout: missing folder(s) {missing} (expected {root}/{split}/"
-                                f"{{{','.join(names)}}}); for other folder names use the 'folders' dataset with "
-                                "ir_dir / vi_dir / label_dir")
-    return dirs
-
-
-class _SplitLayoutDataset(PairedFolderDataset):
-    """A fixed ``root/{split}/{ir, vi, label}`` layout; subclasses name the folders and the default classes."""
-
-    folders: tuple[str, str, str]
-    default_classes: Sequence[str]
-
-    def __init__(self, root: PathLike, split: str = "train", *, labels: bool = True, **kwargs: Any) -> None:
-        self.root, self.split = Path(root), split
-        ir, vi, lab = _layout_dirs(self.root, split, self.folders, self.layout, labels)
-        if kwargs.get("class_names") is None:
-            kwargs["class_names"] = _root_classes(self.root)
-        super().__init__(ir, vi, lab if labels else None, default_classes=self.default_classes, **kwargs)
-
-
-class FMBDataset(_SplitLayoutDataset):
-    """FMB: ``root/{train,test}/{Infrared,Visible,Label}/NNNNN.png``; 15 classes (``root/classes.yaml`` overrides).
+class LayoutDataset(PairedFolderDataset):
+    """A dataset in one of the fixed layouts of :data:`data.layouts.LAYOUTS` (subclasses name the layout).
 
     Args:
-        root: the FMB folder; split: ``"train"`` or ``"test"``; labels: read the Label folder.
-        **kwargs: see :class:`PairedFolderDataset`.
+        root: the dataset folder; split: ``"train"`` / ``"test"`` for layouts with split folders (ignored otherwise).
+        labels: read the label folder (layouts that have one).
+        **kwargs: see :class:`PairedFolderDataset`; the layout's class list is the default (``root/classes.yaml``
+            overrides it).
     """
 
+    layout = "folders"
+
+    def __init__(self, root: PathLike, split: str | None = "train", *, labels: bool = True, **kwargs: Any) -> None:
+        spec: Layout = LAYOUTS[self.layout]
+        self.root, self.split = Path(root), split if spec.split_folders else None
+        ir, vi, lab = spec.dirs(self.root, split)
+        needed = [ir, vi] + ([lab] if labels and lab is not None else [])
+        missing = [str(d) for d in needed if not d.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{self.layout} layout: missing folder(s) {missing} (expected "
+                                    f"{spec.describe(self.root, split or '{split}')}); for other folder names use "
+                                    "the 'folders' dataset with ir_dir / vi_dir / label_dir")
+        if kwargs.get("class_names") is None:
+            kwargs["class_names"] = _root_classes(self.root)
+        super().__init__(ir, vi, lab if labels else None, default_classes=spec.classes, **kwargs)
+
+
+class FMBDataset(LayoutDataset):
+    """FMB: ``root/{train,test}/{Infrared,Visible,Label}/NNNNN.png``; 15 classes (``root/classes.yaml`` overrides)."""
+
     layout = "fmb"
-    folders = ("Infrared", "Visible", "Label")
-    default_classes = FMB_CLASSES
 
 
-
-class MSRSDataset(_SplitLayoutDataset):
+class MSRSDataset(LayoutDataset):
     """MSRS: ``root/{train,test}/{ir,vi,Segmentation_labels}/NNNNN{D,N}.png``; 9 classes (classes.yaml overrides)."""
 
     layout = "msrs"
-    folders = ("ir", "vi", "Segmentation_labels")
-    default_classes = MSRS_CLASSES
 
 
+class MFNetDataset(LayoutDataset):
+    """MFNet-style flat folders ``root/{ir,vi,label}/NAME.png``, 9 classes: ``../shared/data/MFNet`` (training)
+    and ``../shared/data/MSRS_labelled`` (evaluation). There are no split folders; ``split`` is ignored."""
 
-class RoadSceneDataset(PairedFolderDataset):
+    layout = "mfnet"
+
+
+class RoadSceneDataset(LayoutDataset):
     """RoadScene: ``root/cropinfrared`` + ``root/crop_LR_visible`` (also ``root/ir`` + ``root/vi``); no labels."""
 
     layout = "roadscene"
 
-    def __init__(self, root: PathLike, **kwargs: Any) -> None:
-        self.root, self.split = Path(root), None
-        if (self.root / "cropinfrared").is_dir():
-            ir, vi = self.root / "cropinfrared", self.root / "crop_LR_visible"
-        elif (self.root / "ir").is_dir():
-            ir, vi = self.root / "ir", self.root / "vi"
-        else:
-            raise FileNotFoundError(f"RoadScene layout: neither '{self.root}/cropinfrared' (with crop_LR_visible) nor "
-                                    f"'{self.root}/ir' (with vi) exists")
-        super().__init__(ir, vi, None, **kwargs)
+    def __init__(self, root: PathLike, split: str | None = None, **kwargs: Any) -> None:
+        super().__init__(root, split, labels=False, **kwargs)
+
+
+LAYOUT_DATASETS: dict[str, type[LayoutDataset]] = {
+    "fmb": FMBDataset, "msrs": MSRSDataset, "mfnet": MFNetDataset, "roadscene": RoadSceneDataset,
+}
 
 
 def _root_classes(root: Path) -> Path | None:
@@ -688,7 +418,8 @@ _CFG_KEYS = {
 def build_dataset(cfg: Mapping[str, Any], split: str, mode: Mode | None = None) -> PairedFolderDataset:
     """Build a dataset from a plain config dict.
 
-    Keys (None values count as absent): ``name`` (``fmb`` | ``msrs`` | ``roadscene`` | ``folders``), ``root``,
+    Keys (None values count as absent): ``name`` (``fmb`` | ``msrs`` | ``mfnet`` | ``roadscene`` | ``folders``; see
+    :mod:`data.layouts`), ``root``,
     ``ir_dir`` / ``vi_dir`` / ``label_dir`` (``folders`` only; relative to ``root`` when it is given; ``{split}``
     is replaced by the split), ``patch_size``, ``mode``, ``flips``, ``ignore_index``, ``seed``, ``classes``
     (list of names or a classes.yaml path), ``num_classes``, ``min_spread``, ``contrast_relative_to``, ``strict``,
@@ -713,18 +444,16 @@ def build_dataset(cfg: Mapping[str, Any], split: str, mode: Mode | None = None) 
     dirs = {k: cfg.pop(k) for k in ("ir_dir", "vi_dir", "label_dir") if k in cfg}
     labels = cfg.pop("labels", True)
     kwargs.update(cfg)
-    if name in ("fmb", "msrs", "roadscene"):
+    if name in LAYOUT_DATASETS:
         if dirs:
             raise ValueError(f"{sorted(dirs)} only apply to name 'folders'; '{name}' uses its fixed layout under root")
         if root is None:
-            raise ValueError(f"dataset '{name}' needs 'root'")
-        if name == "fmb":
-            return FMBDataset(root, split, labels=labels, **kwargs)
-        if name == "msrs":
-            return MSRSDataset(root, split, labels=labels, **kwargs)
-        return RoadSceneDataset(root, **kwargs)
+            raise ValueError(f"dataset '{name}' needs 'root' (data.root: the dataset folder)")
+        if name == "roadscene":
+            return RoadSceneDataset(root, **kwargs)
+        return LAYOUT_DATASETS[name](root, split, labels=labels, **kwargs)
     if name != "folders":
-        raise ValueError(f"unknown dataset name {name!r}; use fmb, msrs, roadscene or folders")
+        raise ValueError(f"unknown dataset name {name!r}; use one of {', '.join(DATASET_NAMES)}")
     if "ir_dir" not in dirs or "vi_dir" not in dirs:
         raise ValueError("dataset 'folders' needs 'ir_dir' and 'vi_dir'")
 

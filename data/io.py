@@ -1,4 +1,4 @@
-"""Image reading, colour conversion and writing: the project's one IO module.
+"""Image reading, colour conversion and writing: the project's one IO module (fusion, training and metrics).
 
 Conventions (the names say them):
 
@@ -7,37 +7,56 @@ Conventions (the names say them):
 - YCrCb: OpenCV's definition on float input (Y = 0.299 R + 0.587 G + 0.114 B; Cr, Cb centred on 0.5), so the
   neutral chroma value is 0.5 and every channel stays in [0, 1] for in-gamut colours.
 - Label maps: ``int64`` (H, W) class indices, read unchanged (no scaling).
+- Metric reading (:func:`read_gray_0_255_metric_convention`): the fusion-metric literature's convention, gray
+  float64 with integer values in [0, 255] (``shared/data/MANIFEST.md``).
 - Files are read as bytes and decoded with ``cv2.imdecode`` (and written with ``cv2.imencode``), so paths with
   non-ASCII characters work on every platform; writes are atomic (temporary file, then rename).
+- Pixels are always in stored order: an EXIF orientation tag is ignored by every reader here, so the fusion and
+  the metrics see the same image (and the fused outputs, which carry no tag, line up with their sources).
+- Folders: :func:`list_images` and :data:`IMAGE_EXTENSIONS` are the one way to find image files by stem.
+- Every read failure is an :class:`ImageReadError` whose ``reason`` says what is wrong in words.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
-import torch
 
 from utils.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so the metrics' worker processes start without it
+    import torch
 
 PathLike = str | os.PathLike
 
 # Neutral chroma value of OpenCV's float YCrCb (Cr = (R - Y) * 0.713 + 0.5, Cb = (B - Y) * 0.564 + 0.5).
 CHROMA_NEUTRAL = 0.5
 
+# The one list of image extensions (matched case-insensitively) that every folder reader of the project accepts:
+# the formats OpenCV decodes in the wheels we install. Pairing by stem means any mix of them works.
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".jp2",
+)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Leading bytes of the formats above, to tell "damaged image" from "not an image at all" in messages.
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (_PNG_SIGNATURE, "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
     (b"BM", "BMP"),
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
-    (b"RIFF", "WebP"),
-    (b"P5", "PGM"),
-    (b"P6", "PPM"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
 )
+_PNM = {b"P1": "PBM", b"P2": "PGM", b"P3": "PPM", b"P4": "PBM", b"P5": "PGM", b"P6": "PPM"}
+# Where a complete file of these formats ends; without it a decoding failure is called truncation.
+_END_MARKERS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
 
 
 class ImageReadError(ValueError):
@@ -45,7 +64,7 @@ class ImageReadError(ValueError):
 
     Attributes:
         path: the offending file.
-        reason: what went wrong, in words.
+        reason: what went wrong, in words (without the path), e.g. ``"empty file (0 bytes)"``.
     """
 
     def __init__(self, path: PathLike, reason: str) -> None:
@@ -53,7 +72,7 @@ class ImageReadError(ValueError):
         self.reason = reason
         super().__init__(f"cannot read image '{self.path}': {reason}")
 
-    def __reduce__(self):  # keep the two-argument constructor picklable (DataLoader workers re-raise it)
+    def __reduce__(self):  # keep the two-argument constructor picklable (DataLoader and pool workers re-raise it)
         return (type(self), (self.path, self.reason))
 
 
@@ -66,11 +85,91 @@ class PairError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Finding files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def not_a_file_reason(path: PathLike) -> str | None:
+    """Why ``path`` cannot be read as an image file, or None for an existing regular file (or a link to one).
+
+    Returns:
+        A phrase that reads after the file name: ``"does not exist"``, ``"is a broken symbolic link (…)"``,
+        ``"is a folder, not an image file"``, ``"is not a regular file (…)"``; or None.
+    """
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"is a broken symbolic link (its target '{os.readlink(path)}' does not exist)"
+    if path.is_dir():
+        return "is a folder, not an image file"
+    if path.exists():
+        return "is not a regular file (a device, pipe or socket)"
+    return "does not exist"
+
+
+@dataclass
+class ImageListing:
+    """The image files of one folder, keyed by file stem (see :func:`list_images`).
+
+    Attributes:
+        folder: the folder that was listed.
+        files: stem -> path, for stems with exactly one image file.
+        duplicates: stem -> paths, for stems several image files share (``a.png`` and ``a.jpg``): ambiguous.
+        unusable: stem -> reason naming the entry, for names that look like images but are not readable files
+            (``"a.png is a folder, not an image file"``, a broken symbolic link, a pipe) and whose stem has no
+            image file.
+    """
+
+    folder: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    duplicates: dict[str, list[Path]] = field(default_factory=dict)
+    unusable: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        """True when the folder holds anything named like an image."""
+        return bool(self.files or self.duplicates or self.unusable)
+
+
+def list_images(folder: PathLike) -> ImageListing:
+    """List the entries of ``folder`` (not recursive) whose extension is in :data:`IMAGE_EXTENSIONS`.
+
+    Hidden entries (names starting with ".") are skipped. Extensions match case-insensitively.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, PermissionError: ``folder`` cannot be listed.
+    """
+    folder = Path(folder)
+    found: dict[str, list[Path]] = {}
+    unusable: dict[str, str] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        reason = not_a_file_reason(entry)
+        if reason is None:
+            found.setdefault(entry.stem, []).append(entry)
+        else:
+            unusable.setdefault(entry.stem, f"{entry.name} {reason}")
+    listing = ImageListing(folder)
+    for stem, paths in found.items():
+        if len(paths) == 1:
+            listing.files[stem] = paths[0]
+        else:
+            listing.duplicates[stem] = paths
+    listing.unusable = {stem: why for stem, why in unusable.items() if stem not in found}
+    return listing
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def _sniff_format(head: bytes) -> str | None:
+    if head[:4] == b"RIFF":  # RIFF also wraps WAV and AVI; only the WEBP form is an image
+        return "WebP" if head[8:12] == b"WEBP" else None
+    if head[:2] in _PNM and head[2:3].isspace():
+        return _PNM[head[:2]]
     for signature, name in _SIGNATURES:
         if head.startswith(signature):
             return name
@@ -81,27 +180,46 @@ def read_file_bytes(path: PathLike) -> np.ndarray:
     """Read a whole file as a flat ``uint8`` array, with clear errors for missing, empty or unreadable files.
 
     Raises:
-        ImageReadError: the file is missing, a directory, empty, or cannot be opened.
+        ImageReadError: the file is missing, a broken link, a folder, not a regular file, empty, or cannot be opened.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageReadError(path, "file does not exist")
-    if path.is_dir():
-        raise ImageReadError(path, "is a directory, not an image file")
+    reason = not_a_file_reason(path)
+    if reason is not None:  # checked first: reading a pipe would block, a folder gives a confusing OS error
+        raise ImageReadError(path, reason)
     try:
         buffer = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ImageReadError(path, f"cannot open file ({exc.strerror or exc})") from exc
     if buffer.size == 0:
-        raise ImageReadError(path, "file is empty (0 bytes)")
+        raise ImageReadError(path, "empty file (0 bytes)")
     return buffer
+
+
+def _undecodable_reason(buffer: np.ndarray) -> str:
+    """Why OpenCV returned nothing for these bytes: unknown format, a truncated file, or damaged data."""
+    kind = _sniff_format(buffer[:16].tobytes())
+    if kind is None:
+        return f"not a recognised image format ({buffer.size} bytes starting with {buffer[:8].tobytes()!r})"
+    end = _END_MARKERS.get(kind)
+    if end is not None and end not in buffer[-64:].tobytes():
+        return f"truncated {kind} file ({buffer.size} bytes; the {kind} end marker is missing)"
+    return f"corrupt {kind} data or an unsupported {kind} variant ({buffer.size} bytes could not be decoded)"
+
+
+def _decode(buffer: np.ndarray, flags: int, path: PathLike) -> np.ndarray | None:
+    try:
+        return cv2.imdecode(buffer, flags)
+    except cv2.error as exc:  # e.g. a header announcing an absurd size
+        kind = _sniff_format(buffer[:16].tobytes()) or "file"
+        detail = str(exc).strip().splitlines()[-1]
+        raise ImageReadError(path, f"OpenCV cannot decode this {kind}: {detail}") from None
 
 
 def decode_image_unchanged(path: PathLike) -> np.ndarray:
     """Decode an image file as stored: dtype and channels unchanged, colour in OpenCV's **BGR(A)** order.
 
-    Palette PNGs come back expanded to BGR (or BGRA when they carry transparency). EXIF orientation is ignored,
-    so infrared and visible files stay pixel-aligned.
+    Palette PNGs come back expanded to BGR (or BGRA when they carry transparency). EXIF orientation is ignored
+    (pixels in stored order), so infrared and visible files stay pixel-aligned and match the fused outputs, which
+    carry no orientation tag; :func:`read_gray_0_255_metric_convention` reads the same way.
 
     Returns:
         (H, W) or (H, W, C) array of the file's sample type (usually ``uint8`` or ``uint16``).
@@ -110,17 +228,9 @@ def decode_image_unchanged(path: PathLike) -> np.ndarray:
         ImageReadError: missing, empty, not an image, or corrupt / truncated data.
     """
     buffer = read_file_bytes(path)
-    kind = _sniff_format(buffer[:16].tobytes())
-    try:
-        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise ImageReadError(path, f"OpenCV cannot decode this {kind or 'file'}: {exc}") from exc
-    if image is None:
-        if kind is None:
-            head = buffer[:8].tobytes()
-            raise ImageReadError(path, f"not a recognised image format (file starts with {head!r})")
-        raise ImageReadError(path, f"corrupt or truncated {kind} data, or an unsupported {kind} variant "
-                                   f"({buffer.size} bytes could not be decoded)")
+    image = _decode(buffer, cv2.IMREAD_UNCHANGED, path)
+    if image is None or image.size == 0:
+        raise ImageReadError(path, _undecodable_reason(buffer))
     return image
 
 
@@ -189,7 +299,7 @@ def read_label(path: PathLike) -> np.ndarray:
     path = Path(path)
     buffer = read_file_bytes(path)
     # PNG colour type lives at byte 25 (IHDR); 3 = palette.
-    if buffer.size > 26 and buffer[:8].tobytes() == _SIGNATURES[0][0] and int(buffer[25]) == 3:
+    if buffer.size > 26 and buffer[:8].tobytes() == _PNG_SIGNATURE and int(buffer[25]) == 3:
         return _read_palette_indices(path)
     raw = decode_image_unchanged(path)
     if raw.ndim == 3:
@@ -220,19 +330,25 @@ def _read_palette_indices(path: Path) -> np.ndarray:
 def read_gray_0_255_metric_convention(path: PathLike) -> np.ndarray:
     """Read an image the way the fusion-metric evaluators do (shared/data/MANIFEST.md).
 
-    8-bit BGR (a gray file becomes three equal channels), float32, Y = 0.299 R + 0.587 G + 0.114 B, rounded half
-    to even.
+    8-bit BGR (a gray file becomes three equal channels; OpenCV scales 16-bit files to 8 bits), float32,
+    Y = 0.299 R + 0.587 G + 0.114 B, rounded half to even. Unlike ``cv2.imread``, the EXIF orientation tag is
+    ignored, as in :func:`decode_image_unchanged`: the scores are those of the pixels :func:`load_fusion_pair` fuses.
 
     Returns:
         (H, W) float64 with integer values in [0, 255].
+
+    Raises:
+        ImageReadError: unreadable file, or one that decodes but not to 8 bits (e.g. a float TIFF).
     """
     buffer = read_file_bytes(path)
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    if bgr is None:
-        decode_image_unchanged(path)  # raises the descriptive error
-        raise ImageReadError(path, "OpenCV could not decode the file as 8-bit colour")
+    bgr = _decode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION, path)
+    if bgr is None or bgr.size == 0:
+        stored = decode_image_unchanged(path)  # raises the precise reason when the file does not decode at all
+        kind = _sniff_format(buffer[:16].tobytes()) or "image"
+        raise ImageReadError(path, f"a valid {kind} with {stored.dtype} samples, which OpenCV does not convert to "
+                                   "8 bits (the metrics read 8-bit images); save it as an 8-bit image")
     gray = cv2.cvtColor(bgr.astype(np.float32), cv2.COLOR_BGR2GRAY)
-    return np.round(gray).astype(np.float64)
+    return np.round(gray).astype(np.float64)  # np.round rounds half to even
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -325,7 +441,7 @@ def recombine_color(fused_y: np.ndarray, vi_crcb: np.ndarray | None) -> np.ndarr
 
 
 def fuse_chroma_release(ir_crcb: np.ndarray | None, vi_crcb: np.ndarray | None) -> np.ndarray | None:
-    """Chroma fusion of the authors' test script (SPEC section 6, row 14), on [0, 1] float chroma.
+    """Chroma fusion of the authors' test script (release row 14), on [0, 1] float chroma.
 
     Per channel (Cr and Cb separately) and per pixel, the weighted mean of the two sources with weights
     ``abs(C - 0.5)``, so the more saturated source dominates; where both weights are 0 the plain mean is used.
@@ -470,6 +586,8 @@ def to_tensor_1hw(image: np.ndarray) -> torch.Tensor:
 
     The tensor owns a copy of the data, so in-place changes never reach the array (or a dataset's cache).
     """
+    import torch
+
     array = np.asarray(image, dtype=np.float32)
     if array.ndim == 2:
         array = array[None]
@@ -482,6 +600,8 @@ def to_tensor_1hw(image: np.ndarray) -> torch.Tensor:
 
 def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
     """Tensor (H, W), (1, H, W), (1, 1, H, W) or (C, H, W) / (1, C, H, W) -> numpy float32 (H, W) or (H, W, C)."""
+    import torch
+
     array = tensor.detach().to("cpu", torch.float32).numpy()
     while array.ndim > 3 and array.shape[0] == 1:
         array = array[0]

@@ -34,8 +34,9 @@ import cv2
 import numpy as np
 import yaml
 
-from data.datasets import FMB_CLASSES
 from data.io import write_image_atomic
+from data.layouts import FMB_CLASSES
+from data.layouts import colorize_labels as label_to_color
 from utils.atomic import atomic_write_text
 
 PathLike = str | os.PathLike
@@ -49,12 +50,6 @@ UNLABELED, ROAD, SIDEWALK, BUILDING, LAMP, SIGN, VEGETATION, SKY = range(8)
 PERSON, CAR, TRUCK, BUS, MOTORCYCLE, BICYCLE, POLE = range(8, 15)
 RARE_VEHICLES = (TRUCK, BUS, MOTORCYCLE, BICYCLE)
 
-# RGB rendering of the labels (the common road-scene colour convention; FMB's own palette may differ).
-LABEL_COLORS = np.array([
-    (0, 0, 0), (128, 64, 128), (244, 35, 232), (70, 70, 70), (250, 170, 30), (220, 220, 0), (107, 142, 35),
-    (70, 130, 180), (220, 20, 60), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 0, 230), (119, 11, 32),
-    (153, 153, 153),
-], dtype=np.uint8)
 
 
 @dataclass
@@ -73,11 +68,6 @@ class Scene:
     label: np.ndarray
     night: bool
 
-
-def label_to_color(label: np.ndarray) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 RGB rendering (indices beyond the palette become white)."""
-    palette = np.vstack([LABEL_COLORS, np.full((256 - len(LABEL_COLORS), 3), 255, np.uint8)])
-    return palette[np.clip(label, 0, 255).astype(np.intp)]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 Colour visible images are fused through their luminance and written as RGB (chroma from the visible image,
 or the release's saturation-weighted chroma of both sources); gray ones are written gray. A missing
-partner, a size mismatch or an unreadable file is reported by name and skipped; outputs are written
-atomically and never over an input.
+partner, a size mismatch or an unreadable file is reported by name and skipped. A pair's outputs (image,
+``.npy``, maps) are written all or nothing, each atomically, and never over an input.
 """
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +24,83 @@ from data.io import (
     ImageReadError,
     ImageWriteError,
     PairError,
+    encode_image,
     float_to_uint8,
     fuse_chroma_release,
     load_fusion_pair,
+    read_label,
     recombine_color,
-    write_image_atomic,
 )
-from engine.inference import FusedImage, fuse
-from models.uaafusion import UAAFusion
-from utils.atomic import atomic_open
+from engine.inference import MIN_TILE, TILE_OVERLAP, fuse, tile_for_budget
+from models.uaafusion import UAAFusion, UAAFusionOutput
+from utils.atomic import atomic_write_group
 
 log = logging.getLogger("uaafusion.test")
+
+OUTPUTS = ("clamp", "stretch")
+CHROMAS = ("visible", "release")
+PRECISIONS = ("float32", "float64")
+AMPS = ("none", "bf16", "fp16")
+DEFAULT_MAX_MEMORY_GB = 8.0
+
+
+@dataclass
+class FuseSettings:
+    """How ``fuse_folder`` fuses and what it writes (``test.py`` options; ``test:`` config block).
+
+    Attributes:
+        output: ``clamp`` (default) or ``stretch`` (the release's per-image min–max, release row 14).
+        chroma: ``visible`` (chroma of the visible image) or ``release`` (row 14's weighted chroma of both).
+        tile: fuse in tiles of this side (more than the 32-pixel overlap); None: whole images, or automatic
+            tiles (at least 64) when an image would need more than ``max_memory_gb``.
+        max_memory_gb: memory budget that chooses tiles automatically (None: never tile automatically).
+        save_npy: also write ``out/npy/NAME.npy``, the raw (H, W) output before clamping/stretching (float32,
+            float64 with ``precision: float64``).
+        save_maps: also write ``out/maps/NAME_w_ir/_w_vi/_att{k}.npy`` and PNG heat-maps.
+        extension: output image extension (``.png``, ``.jpg``, ``.bmp``, ``.tif``, ...).
+        batch_size: consecutive pairs of the same size fused together (attribution runs per image, so results
+            equal single-pair fusion up to float32 round-off of the batched fusion network; docs/DECISIONS.md).
+        amp: ``none`` (float32), ``bf16`` or ``fp16`` autocast for the fusion network (engine.runtime).
+        precision: ``float32`` or ``float64`` (model and inputs; the exact mode for comparing implementations).
+        labels_dir: regions from ground-truth label maps paired by file stem (the training path) instead of the
+            segmenter's argmax on I^(0).
+        show_progress: progress bars (over pairs, and over the tiles of a tiled image).
+    """
+
+    output: str = "clamp"
+    chroma: str = "visible"
+    tile: int | None = None
+    max_memory_gb: float | None = DEFAULT_MAX_MEMORY_GB
+    save_npy: bool = False
+    save_maps: bool = False
+    extension: str = ".png"
+    batch_size: int = 1
+    amp: str = "none"
+    precision: str = "float32"
+    labels_dir: str | None = None
+    show_progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first unusable setting (checked before any work)."""
+        choices = {"output": OUTPUTS, "chroma": CHROMAS, "precision": PRECISIONS, "amp": AMPS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.tile is not None and self.tile <= TILE_OVERLAP:
+            raise ValueError(f"tile must be larger than the {TILE_OVERLAP}-pixel overlap of neighbouring tiles "
+                             f"(automatic tiles are at least {MIN_TILE}), got {self.tile}")
+        if self.max_memory_gb is not None and self.max_memory_gb <= 0:
+            raise ValueError(f"max memory must be positive, got {self.max_memory_gb} GB")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if not re.fullmatch(r"\.[A-Za-z0-9]{1,5}", self.extension):
+            raise ValueError(f"extension must look like '.png' (a dot and 1-5 letters/digits), got {self.extension!r}")
+        if not cv2.haveImageWriter(f"x{self.extension}"):
+            raise ValueError(f"OpenCV cannot write '{self.extension}' images; use .png, .jpg, .bmp or .tif")
+        if self.precision == "float64" and self.amp != "none":
+            raise ValueError("precision float64 and amp autocast exclude each other")
+        if self.labels_dir is not None and not Path(self.labels_dir).is_dir():
+            raise ValueError(f"labels folder not found: {self.labels_dir}")
 
 
 @dataclass
@@ -55,40 +123,75 @@ def heatmap_uint8(values: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The ``.npy`` file of ``array`` (its dtype kept)."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array))
+    return buffer.getvalue()
 
 
-def _write_maps(out_dir: Path, name: str, result: FusedImage, index: int, inputs: list[str]) -> None:
+def _map_files(out_dir: Path, name: str, result: UAAFusionOutput, index: int, dtype: np.dtype) -> dict[Path, bytes]:
     maps = {"w_ir": result.w_ir, "w_vi": result.w_vi}
+    # att1 is A^(1) = 0 by construction (the path has no segment before stage 1); kept so that k matches the stage
     maps.update({f"att{k + 1}": a for k, a in enumerate(result.attention)})
+    files: dict[Path, bytes] = {}
     for key, tensor in maps.items():
-        array = tensor[index, 0].cpu().numpy().astype(np.float32)
-        save_npy_atomic(out_dir / "maps" / f"{name}_{key}.npy", array)
+        array = tensor[index, 0].cpu().numpy().astype(dtype)
+        files[out_dir / "maps" / f"{name}_{key}.npy"] = npy_bytes(array)
         if key.startswith("w_"):  # weights live in [0, 1]: keep that scale so images compare
             image = cv2.cvtColor(cv2.applyColorMap(float_to_uint8(array), cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
         else:  # attention: each map scaled to its own range
             image = heatmap_uint8(array)
-        write_image_atomic(out_dir / "maps" / f"{name}_{key}.png", image, forbid=inputs)
+        files[out_dir / "maps" / f"{name}_{key}.png"] = encode_image(image, ".png")
+    return files
 
 
-def _write_outputs(out_dir: Path, pair, sample: dict, result: FusedImage, index: int, output: str, chroma: str,
-                   save_npy: bool, save_maps: bool, extension: str) -> None:
-    """Write image ``index`` of a fused batch (and its raw output and maps when asked)."""
-    inputs = [str(pair.ir), str(pair.vi)]
-    fused = result.fused[index, 0].cpu().numpy().astype(np.float32)
-    if not np.all(np.isfinite(fused)):
+def pair_outputs(out_dir: Path, name: str, sample: dict, result: UAAFusionOutput, index: int,
+                 settings: FuseSettings) -> dict[Path, bytes]:
+    """Every file of pair ``index`` of a fused batch, encoded in memory: path → bytes."""
+    raw = result.fused[index, 0].cpu().numpy()
+    if not np.all(np.isfinite(raw)):
         raise ValueError("the network produced NaN/Inf values")
-    if save_npy:
-        save_npy_atomic(out_dir / "npy" / f"{pair.name}.npy", fused)
-    luma = float_to_uint8(fused, output).astype(np.float32) / 255.0
-    crcb = sample["vi_crcb"] if chroma == "visible" else fuse_chroma_release(sample["ir_crcb"], sample["vi_crcb"])
-    write_image_atomic(out_dir / f"{pair.name}{extension}", float_to_uint8(recombine_color(luma, crcb)),
-                       forbid=inputs)
-    if save_maps:
-        _write_maps(out_dir, pair.name, result, index, inputs)
+    dtype = np.float64 if settings.precision == "float64" else np.float32
+    files: dict[Path, bytes] = {}
+    if settings.save_npy:
+        files[out_dir / "npy" / f"{name}.npy"] = npy_bytes(raw.astype(dtype))
+    luma = float_to_uint8(raw.astype(np.float32), settings.output).astype(np.float32) / 255.0
+    crcb = sample["vi_crcb"] if settings.chroma == "visible" else fuse_chroma_release(sample["ir_crcb"],
+                                                                                      sample["vi_crcb"])
+    files[out_dir / f"{name}{settings.extension}"] = encode_image(float_to_uint8(recombine_color(luma, crcb)),
+                                                                  settings.extension)
+    if settings.save_maps:
+        files.update(_map_files(out_dir, name, result, index, dtype))
+    return files
+
+
+def _is_same_folder(a: Path, b: Path) -> bool:
+    """Same folder by identity (device and inode: catches bind mounts and links), else by resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _check_not_inputs(files: dict[Path, bytes], inputs: list[Path]) -> None:
+    for path in files:
+        for source in inputs:
+            if path.exists() and _is_same_folder(path, source) or path.resolve() == source.resolve():
+                raise ImageWriteError(f"refusing to write '{path}': it is an input file ('{source}')")
+
+
+def _load_labels(labels_dir: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
+    matches = sorted(p for p in labels_dir.glob(f"{name}.*") if p.is_file())
+    if not matches:
+        raise PairError(f"no label named '{name}.*' in {labels_dir}")
+    label = read_label(matches[0])
+    if label.shape != shape:
+        raise PairError(f"label '{matches[0]}' is {label.shape[1]}x{label.shape[0]} (WxH) but the images are "
+                        f"{shape[1]}x{shape[0]}")
+    return label
 
 
 def fuse_folder(
@@ -96,40 +199,29 @@ def fuse_folder(
     ir_dir: str | Path,
     vi_dir: str | Path,
     out_dir: str | Path,
+    settings: FuseSettings | None = None,
     device: torch.device | str = "cpu",
-    output: str = "clamp",
-    chroma: str = "visible",
-    tile: int | None = None,
-    save_npy: bool = False,
-    save_maps: bool = False,
-    extension: str = ".png",
-    show_progress: bool = True,
-    batch_size: int = 1,
 ) -> FuseReport:
-    """Fuse all pairs found by file stem in ``ir_dir`` and ``vi_dir`` into ``out_dir``.
+    """Fuse all pairs found by file stem in ``ir_dir`` and ``vi_dir`` into ``out_dir`` (see :class:`FuseSettings`).
 
-    Args:
-        output: ``clamp`` (default) or ``stretch`` (the release's per-image min–max, row 14).
-        chroma: ``visible`` (chroma of the visible image) or ``release`` (row 14's weighted chroma).
-        tile: fuse in tiles of this side for bounded memory on large images.
-        save_npy: write ``out/npy/NAME.npy``, the float32 (H, W) network output before clamping/stretching.
-        save_maps: write ``out/maps/NAME_w_ir.npy``, ``NAME_w_vi.npy``, ``NAME_att{k}.npy`` and PNG heat-maps.
-        batch_size: consecutive pairs of the same size fused together (results do not depend on it in the
-            paper profile: attribution treats batch items independently).
+    Raises:
+        ValueError: unusable settings, or ``out_dir`` is one of the input folders (nothing is written then).
+        FileNotFoundError: an input folder is missing.
+        OSError: ``out_dir`` cannot be created.
     """
-    if output not in ("clamp", "stretch") or chroma not in ("visible", "release"):
-        raise ValueError(f"output must be clamp|stretch and chroma visible|release, got {output!r}, {chroma!r}")
+    settings = settings or FuseSettings()
+    settings.validate()
     report = FuseReport()
     out_dir = Path(out_dir)
     for folder in (ir_dir, vi_dir):
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"input folder not found: {folder}")
-        if out_dir.resolve() == Path(folder).resolve():
-            raise ValueError(f"output folder {out_dir} is an input folder; choose another --out")
+        if out_dir.exists() and _is_same_folder(out_dir, Path(folder)) or out_dir.resolve() == Path(folder).resolve():
+            raise ValueError(f"output folder {out_dir} is an input folder ({folder}); choose another --out")
     pairs, problems = pair_files(ir_dir, vi_dir)
     for problem in problems:
         report.failed.append((problem.path, str(problem)))
-        print(f"skipped: {problem}", file=sys.stderr)
+        tqdm.write(f"skipped: {problem}", file=sys.stderr)
     if not pairs:
         if not problems:
             report.failed.append((str(ir_dir), "no image pairs found"))
@@ -140,42 +232,55 @@ def fuse_folder(
     except OSError as err:
         raise OSError(f"cannot create output folder {out_dir}: {err}") from err
     model.eval()
+    dtype = torch.float64 if settings.precision == "float64" else torch.float32
+    budget = None if settings.max_memory_gb is None else int(settings.max_memory_gb * 2**30)
+    labels_dir = Path(settings.labels_dir) if settings.labels_dir else None
     pending: list[tuple] = []  # (pair, sample) of one image size, fused together
+
+    def fail(name: str, err: Exception) -> None:
+        report.failed.append((name, str(err)))
+        tqdm.write(f"failed: {name}: {err}", file=sys.stderr)
 
     def flush() -> None:
         if not pending:
             return
         names = [pair.name for pair, _ in pending]
         try:
-            ir = torch.stack([torch.from_numpy(s["ir"])[None] for _, s in pending]).to(device)
-            vi = torch.stack([torch.from_numpy(s["vi_y"])[None] for _, s in pending]).to(device)
-            result = fuse(model, ir, vi, tile=tile)
+            ir = torch.stack([torch.from_numpy(s["ir"])[None] for _, s in pending]).to(device, dtype)
+            vi = torch.stack([torch.from_numpy(s["vi_y"])[None] for _, s in pending]).to(device, dtype)
+            labels = None
+            if labels_dir is not None:
+                labels = torch.stack([torch.from_numpy(s["label"]) for _, s in pending]).to(device)
+            tile = settings.tile or tile_for_budget(*ir.shape[-2:], budget, ir.shape[0], dtype)
+            result = fuse(model, ir, vi, tile=tile, amp=settings.amp, labels=labels,
+                          show_progress=settings.show_progress and tile is not None)
         except (ValueError, RuntimeError) as err:
             for name in names:
-                report.failed.append((name, str(err)))
-                print(f"failed: {name}: {err}", file=sys.stderr)
+                fail(name, err)
             pending.clear()
             return
         for index, (pair, sample) in enumerate(pending):
             try:
-                _write_outputs(out_dir, pair, sample, result, index, output, chroma, save_npy, save_maps, extension)
+                files = pair_outputs(out_dir, pair.name, sample, result, index, settings)
+                _check_not_inputs(files, [Path(pair.ir), Path(pair.vi)])
+                atomic_write_group(files)
                 report.written.append(pair.name)
             except (ImageWriteError, ValueError, OSError) as err:
-                report.failed.append((pair.name, str(err)))
-                print(f"failed: {pair.name}: {err}", file=sys.stderr)
+                fail(pair.name, err)
         pending.clear()
 
-    for pair in tqdm(pairs, desc="fusing", disable=not show_progress, unit="pair"):
+    for pair in tqdm(pairs, desc="fusing", disable=not settings.show_progress, unit="pair"):
         try:
             sample = load_fusion_pair(pair.ir, pair.vi)
+            if labels_dir is not None:
+                sample["label"] = _load_labels(labels_dir, pair.name, sample["ir"].shape)
         except (ImageReadError, PairError, ValueError, OSError) as err:
-            report.failed.append((pair.name, str(err)))
-            print(f"failed: {pair.name}: {err}", file=sys.stderr)
+            fail(pair.name, err)
             continue
         if pending and pending[0][1]["ir"].shape != sample["ir"].shape:
             flush()
         pending.append((pair, sample))
-        if len(pending) >= max(batch_size, 1):
+        if len(pending) >= settings.batch_size:
             flush()
     flush()
     return report

@@ -10,27 +10,31 @@ DDP: started by ``torchrun``; rank 0 alone logs and writes checkpoints; the samp
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from data.datasets import build_dataset
-from engine.checkpoint import CheckpointError, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    migrate_model_state,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 from engine.config import save_config
+from engine.run_folder import RunFolderError, RunFolderLock, clear_run, existing_run_files
+from engine.runtime import autocast_context, init_distributed, resolve_device, seed_everything
+from engine.validation import evaluate_model
 from losses import LossSettings, UAAFusionLoss, segmentation_loss
-from models.segmenter import pad_to_multiple, segmenter_stride
 from models.uaafusion import UAAFusion, UAAFusionOutput, build_model
 
 log = logging.getLogger("uaafusion.train")
@@ -42,61 +46,13 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/Inf and ``train.on_nonfinite_loss`` is ``stop``."""
 
 
-# ----------------------------------------------------------------------------------------- set-up helpers
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a resumable ``last.pt`` was written after the step in progress."""
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def autocast_context(amp: str, device: torch.device):
-    """bf16/fp16 autocast on CUDA; a no-op elsewhere or with ``amp: none``."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp not in ("bf16", "fp16"):
-        raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> DistInfo:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        use_cuda = device_name != "cpu" and torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return info
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted by signal {signum}; state saved to {checkpoint} "
+                         f"(continue with: train.py --resume {checkpoint.parent})")
+        self.signum = signum
 
 
 class JointModel(nn.Module):
@@ -120,10 +76,36 @@ class JointModel(nn.Module):
 class Trainer:
     """Runs both training stages from a resolved config; see the module docstring."""
 
-    def __init__(self, cfg: dict, run_dir: str | Path, resume: bool = False, show_progress: bool = True) -> None:
+    def __init__(self, cfg: dict, run_dir: str | Path, resume: bool = False, show_progress: bool = True,
+                 overwrite: bool = False) -> None:
+        """Raises RunFolderError when the folder is busy, holds another run (without ``overwrite``) or holds
+        nothing to resume; FileNotFoundError/ValueError for data problems; CheckpointError for a bad last.pt."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.stop_signal: int | None = None
         self.dist = init_distributed(cfg["device"])
+        if not self.dist.is_main:  # one copy of every message: the other ranks report problems only
+            logging.getLogger("uaafusion").setLevel(logging.WARNING)
+        self.lock = RunFolderLock(self.run_dir).acquire() if self.dist.is_main else None
+        try:
+            self._setup(cfg, resume, show_progress, overwrite)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _setup(self, cfg: dict, resume: bool, show_progress: bool, overwrite: bool) -> None:
+        if self.dist.is_main:
+            found = existing_run_files(self.run_dir)
+            if resume and not any(f in found for f in ("last.pt", "last.prev.pt")):
+                raise RunFolderError(f"nothing to resume in {self.run_dir}: no last.pt (start a new run with "
+                                     f"--run-dir {self.run_dir})")
+            if not resume and found and not overwrite:
+                raise RunFolderError(f"run folder {self.run_dir} already holds a run ({', '.join(found)}); continue "
+                                     f"it with --resume {self.run_dir}, or start over with --overwrite")
+            if not resume and found:
+                log.warning("--overwrite: removing the previous run in %s (%s)", self.run_dir,
+                            ", ".join(clear_run(self.run_dir)))
         self.device = resolve_device(cfg["device"])
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -133,7 +115,7 @@ class Trainer:
         seed_everything(cfg["seed"])
 
         data_cfg = self._dataset_cfg()
-        self.train_set = build_dataset({**data_cfg, "mode": cfg["data"]["mode"],
+        self.train_set = build_dataset({**data_cfg, "mode": cfg["data"]["mode"], "flips": cfg["data"]["flips"],
                                         "patch_size": cfg["data"]["patch_size"], "seed": cfg["seed"]},
                                        cfg["data"]["train_split"])
         if not self.train_set.has_labels:
@@ -144,7 +126,7 @@ class Trainer:
         self.model = build_model(cfg, self.num_classes).to(self.device)
         if self.tcfg["segmenter_checkpoint"]:
             self._load_segmenter(self.tcfg["segmenter_checkpoint"])
-        loss_settings = LossSettings(**cfg["loss"])
+        loss_settings = LossSettings(**cfg["loss"], ignore_index=cfg["data"]["ignore_index"])
         self.criterion = UAAFusionLoss(loss_settings)
         self.joint = JointModel(self.model, loss_settings.seg_sources)
         self.ddp_joint = self.joint
@@ -182,13 +164,17 @@ class Trainer:
 
     def _dataset_cfg(self) -> dict:
         d = self.cfg["data"]
-        keys = ("name", "root", "ir_dir", "vi_dir", "label_dir", "ignore_index", "num_classes")
+        keys = ("name", "root", "ir_dir", "vi_dir", "label_dir", "ignore_index", "num_classes", "min_spread",
+                "contrast_relative_to", "cache", "strict")
         return {k: d[k] for k in keys if d[k] is not None}
 
     def _build_val_set(self, data_cfg: dict):
-        split = self.cfg["data"]["val_split"]
-        if not split or self.cfg["data"]["val_pairs"] <= 0:
+        d = self.cfg["data"]
+        split = d["val_split"]
+        if not split or d["val_pairs"] <= 0:
             return None
+        if d["val_root"] or d["val_name"]:  # another dataset (e.g. train on MFNet, validate on MSRS test scenes)
+            data_cfg = {**data_cfg, "name": d["val_name"] or d["name"], "root": d["val_root"] or d["root"]}
         try:
             dataset = build_dataset({**data_cfg, "mode": "full"}, split)
         except (ValueError, FileNotFoundError) as err:
@@ -278,9 +264,16 @@ class Trainer:
             log.warning("%s; resuming from the previous checkpoint %s instead", err, previous)
             return load_checkpoint(previous, map_location=self.device)
 
+    RESUME_KEYS = ("model", "optimizers", "schedulers", "pretrain_optimizer", "scaler", "phase", "epoch",
+                   "global_step", "best_metric", "rng")
+
     def resume(self, path: Path) -> None:
         payload = self._load_resumable(path)
-        self.model.load_state_dict(payload["model"])
+        missing = [k for k in self.RESUME_KEYS if k not in payload]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} cannot resume a run: it lacks {', '.join(missing)} (a model-only "
+                                  "checkpoint, such as a shipped one, can be fused with test.py but not resumed)")
+        self.model.load_state_dict(migrate_model_state(payload["model"]))
         for k, o in self.optimizers.items():
             o.load_state_dict(payload["optimizers"][k])
         for k, s in self.schedulers.items():
@@ -294,19 +287,47 @@ class Trainer:
         self.nonfinite_steps = payload.get("nonfinite_steps", 0)
         self.history = payload.get("history", [])
         restore_rng_states(payload["rng"])
-        log.info("resumed from %s: phase %s, %d epochs done, step %d", path, self.phase, self.epoch, self.global_step)
+        log.info("resumed from %s: phase %s, %d epoch%s done, step %d", path, self.phase, self.epoch,
+                 "" if self.epoch == 1 else "s", self.global_step)
 
     # ------------------------------------------------------------------------------------------- loops
 
+    @property
+    def finished(self) -> bool:
+        """All epochs of both stages are done."""
+        return self.phase == "joint" and self.epoch >= self.tcfg["epochs"] and self.step_in_epoch == 0
+
+    def request_stop(self, signum: int) -> None:
+        """Ask the loops to save and stop after the step in progress (called from a signal handler)."""
+        self.stop_signal = signum
+
+    def _stop_if_requested(self) -> None:
+        if self.stop_signal is not None:
+            self.save("last.pt")
+            raise TrainingInterrupted(self.stop_signal, self.run_dir / "last.pt")
+
     def fit(self) -> list[dict[str, Any]]:
-        """Run what is left of both stages; returns the per-epoch history."""
+        """Run what is left of both stages; returns the per-epoch history (unchanged when already finished)."""
+        try:
+            self._fit()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            if self.lock is not None:
+                self.lock.release()
+        return self.history
+
+    def _fit(self) -> None:
         pre_epochs = self.tcfg["segmenter_pretrain_epochs"]
         if self.phase == "pretrain":  # stage 1 (skipped when train.segmenter_checkpoint is given)
             while self.epoch < pre_epochs:
-                self._start_epoch("pretrain", self.epoch)
+                if self.step_in_epoch == 0:
+                    self._start_epoch("pretrain", self.epoch)
                 stats = self.pretrain_one_epoch(self.epoch)
                 self.epoch += 1
+                self.step_in_epoch, self.epoch_sums = 0, {}
                 self._end_epoch("pretrain", stats)
+                self._stop_if_requested()
             self.phase, self.epoch = "joint", 0
             self.save("last.pt")
         while self.epoch < self.tcfg["epochs"]:
@@ -321,9 +342,7 @@ class Trainer:
                                              or self.epoch == self.tcfg["epochs"]):
                 stats.update(self.validate())
             self._end_epoch("joint", stats)
-        if self.writer is not None:
-            self.writer.close()
-        return self.history
+            self._stop_if_requested()
 
     def _start_epoch(self, phase: str, epoch: int) -> None:
         seed_everything(self.cfg["seed"] * 1_000_003 + PHASES.index(phase) * 10_007 + epoch)
@@ -353,13 +372,16 @@ class Trainer:
         return len(loader) if limit is None else min(limit, len(loader))
 
     def pretrain_one_epoch(self, epoch: int) -> dict[str, float]:
-        """Stage 1: the segmenter alone, cross-entropy on both source images."""
+        """Stage 1: the segmenter alone, cross-entropy on both source images (from ``step_in_epoch`` on)."""
         self.model.train()
-        loader = self._loader(epoch)
-        steps, total = self._steps_in(loader), 0.0
+        steps = self._steps_in(self._loader(epoch))
+        start = self.step_in_epoch if not self.dist.enabled else 0
+        loader = self._loader(epoch, start)
+        sums = self.epoch_sums if start else {}
         loss_cfg = self.criterion.settings
-        bar = tqdm(total=steps, desc=f"pretrain {epoch + 1}", disable=not self.show_progress, leave=False)
-        for step, batch in enumerate(loader):
+        bar = tqdm(total=steps, initial=start, desc=f"pretrain {epoch + 1}", disable=not self.show_progress,
+                   leave=False)
+        for step, batch in enumerate(loader, start=start):
             if step >= steps:
                 break
             ir, vi, labels = self._batch_to_device(batch)
@@ -369,11 +391,14 @@ class Trainer:
             self.pretrain_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.pretrain_optimizer.step()
-            total += float(loss)
+            sums["pretrain_ce"] = sums.get("pretrain_ce", 0.0) + float(loss.detach())
+            self.step_in_epoch, self.epoch_sums = step + 1, sums
             bar.update(1)
-            bar.set_postfix(ce=f"{float(loss):.3f}")
+            bar.set_postfix(ce=f"{float(loss.detach()):.3f}")
+            if self.step_in_epoch < steps:
+                self._stop_if_requested()
         bar.close()
-        return {"pretrain_ce": total / max(steps, 1)}
+        return {"pretrain_ce": sums.get("pretrain_ce", 0.0) / max(steps, 1)}
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Stage 2: one epoch of joint training (from ``step_in_epoch`` on); returns mean loss terms.
@@ -405,6 +430,8 @@ class Trainer:
             self.epoch_sums = sums
             if every and self.step_in_epoch % every == 0 and self.step_in_epoch < steps:
                 self.save("last.pt")
+            if self.step_in_epoch < steps:
+                self._stop_if_requested()
         bar.close()
         done = sums.pop("_done", 0.0)
         return {f"loss_{k}": v / max(done, 1) for k, v in sums.items()}
@@ -463,44 +490,18 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- validation
 
-    def validate(self) -> dict[str, float]:
-        """Fusion metrics (paper convention) and the segmenter's mIoU on the fused validation images."""
-        from engine.inference import fuse
-        from metrics.fast import fusion_metrics
-        from metrics.segmentation import class_scores, confusion_matrix
-
-        self.model.eval()
-        sums: dict[str, float] = {}
-        confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-        count = 0
-        for sample in self.val_set:
-            ir = sample["ir"].unsqueeze(0).to(self.device)
-            vi = sample["vi"].unsqueeze(0).to(self.device)
-            result = fuse(self.model, ir, vi, tile=self.cfg["test"]["tile"])
-            values = fusion_metrics(to_0_255(result.fused), to_0_255(ir), to_0_255(vi), convention="paper")
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            if "label" in sample:
-                with torch.no_grad():
-                    padded, (h, w) = pad_to_multiple(result.fused, segmenter_stride(self.model.segmenter))
-                    pred = self.model.segmenter(padded)[..., :h, :w].argmax(dim=1)
-                confusion += confusion_matrix(pred[0].cpu().numpy(), sample["label"].numpy(), self.num_classes,
-                                              self.cfg["data"]["ignore_index"])
-            count += 1
+    def validate(self) -> dict[str, Any]:
+        """Fusion metrics and segmenter mIoU on the validation pairs (:func:`engine.validation.evaluate_model`)."""
+        stats = evaluate_model(self.model, self.val_set, self.num_classes, self.device,
+                               self.cfg["data"]["ignore_index"], tile=self.cfg["test"]["tile"], amp=self.cfg["amp"],
+                               show_progress=self.show_progress)
         self.model.train()
-        stats = {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
-        if confusion.sum() > 0:
-            _, iou = class_scores(confusion)
-            stats["val_miou"] = float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
+        stats = {f"val_{k}": v for k, v in stats.items() if k != "per_image"}
         if self.writer is not None:
             for k, v in stats.items():
-                self.writer.add_scalar(f"val/{k[4:]}", v, self.global_step)
+                if isinstance(v, float):
+                    self.writer.add_scalar(f"val/{k[4:]}", v, self.global_step)
         return stats
-
-
-def to_0_255(image: torch.Tensor) -> np.ndarray:
-    """(1, 1, H, W) in [0, 1] → (H, W) float64 integer values 0–255, as the metric evaluators read files."""
-    return np.rint(image[0, 0].detach().float().clamp(0, 1).cpu().numpy().astype(np.float64) * 255.0)
 
 
 def normalise_map(x: torch.Tensor) -> torch.Tensor:
@@ -508,19 +509,3 @@ def normalise_map(x: torch.Tensor) -> torch.Tensor:
     flat = x.detach().float().flatten(1)
     lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
     return ((flat - lo[:, None]) / (hi - lo).clamp(min=1e-12)[:, None]).view_as(x)
-
-
-def load_model_from_checkpoint(path: str | Path, cfg: dict | None = None,
-                               device: str | torch.device = "cpu") -> tuple[UAAFusion, dict]:
-    """Rebuild the model of a training checkpoint (its own config unless ``cfg`` is given) and load weights."""
-    payload = load_checkpoint(path, map_location=device)
-    cfg = cfg or payload["config"]
-    num_classes = payload.get("num_classes") or cfg["data"]["num_classes"]
-    if not num_classes:
-        raise CheckpointError(f"{path} does not record the number of classes")
-    model = build_model(cfg, num_classes).to(device)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit the model built from the config: {err}") from err
-    return model.eval(), payload

@@ -24,7 +24,7 @@ def intensity_loss(
 ) -> torch.Tensor:
     """L_int. ``weighted`` (Eq. 17): mean(w1 ⊙ (I_f − I_ir)² + w2 ⊙ (I_f − I_vi)²).
 
-    ``release_squared_weight`` (SPEC §6 row 7): MSE(w1 ⊙ I_f, w1 ⊙ I_ir) + MSE(w2 ⊙ I_f, w2 ⊙ I_vi),
+    ``release_squared_weight`` (release row 7): MSE(w1 ⊙ I_f, w1 ⊙ I_ir) + MSE(w2 ⊙ I_f, w2 ⊙ I_vi),
     i.e. the weights enter squared.
     """
     w_ir, w_vi = w_ir.detach(), w_vi.detach()

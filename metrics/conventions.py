@@ -1,4 +1,4 @@
-"""How the per-source scores of a fusion metric are combined into one number (SPEC section 8).
+"""How the per-source scores of a fusion metric are combined into one number (docs/METRICS.md).
 
 The community evaluators agree on the metric definitions and differ only in how the two sources A (infrared) and
 B (visible) are combined with the fused image F:
@@ -9,7 +9,8 @@ B (visible) are combined with the fused image F:
 | cddfuse    | mean | sum                    | sum, data range 2 (old scikit-image, float)  |
 | tdfusion   | mean | mean                   | mean, data range 255                         |
 
-EN and SF are computed on F alone and Qabf is a joint score of (A, B, F); neither depends on the convention.
+EN, SD, SF and AG are computed on F alone; Qabf is a joint score of (A, B, F); MI, MSE, PSNR and SCD combine the
+sources one fixed way (sum, mean, the mean MSE, sum). None of them depends on the convention.
 
 ``paper`` (the default) matches the magnitudes of the paper's Table I. ``cddfuse`` reproduces the widely used
 Python evaluator published by the CDDFuse/DDFM authors, whose SSIM call passes float images without a

@@ -1,19 +1,22 @@
-"""Direct fusion metrics, written line by line from the definitions in SPEC section 8.
+"""Direct fusion metrics, written line by line from the definitions in docs/METRICS.md.
 
 Every filter is a plain 2-D convolution (``scipy.signal.convolve2d``), every clamp a masked assignment in the
 order the definition lists it. This module is the yardstick for :mod:`metrics.fast` and is used by the tests and
 the benchmark; it needs about a second and a half per 640x480 pair, almost all of it in VIF.
 
 All images are 2-D float arrays (H, W) with gray values in [0, 255] (integer-valued when read with
-:func:`metrics.imageio.read_gray`); results are Python floats.
+:func:`data.io.read_gray_0_255_metric_convention`); results are Python floats. Metric names and directions are in
+:mod:`metrics.catalog`, the definitions with their sources in ``docs/METRICS.md``.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.signal import convolve2d
 
+from .catalog import parse_metrics
 from .conventions import Convention, combine
 
 VIF_SIGMA_NSQ = 2.0
@@ -82,6 +85,114 @@ def correlation(source: np.ndarray, fused: np.ndarray) -> float:
         return float(np.sum(da * df) / np.sqrt(np.sum(da**2) * np.sum(df**2)))
 
 
+def standard_deviation(fused: np.ndarray) -> float:
+    """SD: population standard deviation of F (ddof 0), in grey levels.
+
+    Args:
+        fused: (H, W) in [0, 255].
+    """
+    return float(np.std(_as_float(fused)))
+
+
+def average_gradient(fused: np.ndarray) -> float:
+    """AG: mean over all pixels of sqrt((Gx^2 + Gy^2) / 2).
+
+    Gx and Gy follow ``numpy.gradient``: central differences (f[i+1] - f[i-1]) / 2 inside the image, one-sided
+    differences f[1] - f[0] and f[-1] - f[-2] on the border rows and columns.
+
+    Args:
+        fused: (H, W) with H, W >= 2.
+    """
+    g_rows, g_cols = np.gradient(_as_float(fused))
+    return float(np.mean(np.sqrt((g_cols**2 + g_rows**2) / 2.0)))
+
+
+def average_gradient_forward(fused: np.ndarray) -> float:
+    """AG_fwd, the MATLAB-toolbox form: forward differences, sum of sqrt((dx^2 + dy^2) / 2) over (H - 1)(W - 1).
+
+    dx = f[i, j+1] - f[i, j] and dy = f[i+1, j] - f[i, j], each 0 where the neighbour is outside the image; the sum
+    runs over all H W pixels but is divided by (H - 1)(W - 1).
+
+    Args:
+        fused: (H, W) with H, W >= 2.
+    """
+    f = _as_float(fused)
+    dx = np.zeros_like(f)
+    dy = np.zeros_like(f)
+    dx[:, :-1] = f[:, 1:] - f[:, :-1]
+    dy[:-1, :] = f[1:, :] - f[:-1, :]
+    h, w = f.shape
+    return float(np.sum(np.sqrt((dx**2 + dy**2) / 2.0)) / ((h - 1) * (w - 1)))
+
+
+def mutual_information(x: np.ndarray, y: np.ndarray) -> float:
+    """Mutual information of the grey values of two images, in nats (natural logarithm).
+
+    The joint distribution counts the pairs of values that occur (each distinct value is its own bin, no binning),
+    as ``sklearn.metrics.mutual_info_score`` does with the flattened images as labels.
+
+    Args:
+        x, y: (H, W) arrays of the same shape, any values.
+
+    Returns:
+        MI >= 0; 0 when either image is constant.
+    """
+    _, ix = np.unique(_as_float(x).ravel(), return_inverse=True)
+    _, iy = np.unique(_as_float(y).ravel(), return_inverse=True)
+    n = ix.size
+    ny = int(iy.max()) + 1
+    cells, counts = np.unique(ix * ny + iy, return_counts=True)
+    p_xy = counts / n
+    p_x = np.bincount(ix) / n
+    p_y = np.bincount(iy) / n
+    mi = np.sum(p_xy * np.log(p_xy / (p_x[cells // ny] * p_y[cells % ny])))
+    return float(max(mi, 0.0))  # >= 0 in exact arithmetic; round-off can leave -1e-17
+
+
+def mse(source: np.ndarray, fused: np.ndarray) -> float:
+    """Mean squared error mean((source - fused)^2).
+
+    Args:
+        source, fused: (H, W) arrays of the same shape.
+    """
+    return float(np.mean((_as_float(source) - _as_float(fused)) ** 2))
+
+
+def psnr(fused: np.ndarray, source_a: np.ndarray, source_b: np.ndarray, peak: float | None = None) -> float:
+    """PSNR = 10 log10(peak^2 / MSE), MSE the mean of MSE(A, F) and MSE(B, F).
+
+    Args:
+        fused, source_a, source_b: (H, W) in [0, 255].
+        peak: None for the fused image's maximum (the community evaluator), or a fixed peak such as 255.
+
+    Returns:
+        dB; +inf when MSE is 0 (F equals both sources), -inf when the peak is 0 and MSE is not.
+    """
+    error = (mse(source_a, fused) + mse(source_b, fused)) / 2.0
+    top = float(np.max(_as_float(fused))) if peak is None else float(peak)
+    if error == 0.0:
+        return math.inf
+    with np.errstate(divide="ignore"):
+        return float(10.0 * np.log10(np.float64(top) ** 2 / error))
+
+
+def scd(fused: np.ndarray, source_a: np.ndarray, source_b: np.ndarray) -> float:
+    """SCD, the sum of the correlations of differences: r(A, F - B) + r(B, F - A).
+
+    F - B is roughly what the fused image took from A (and F - A what it took from B).
+
+    Args:
+        fused, source_a, source_b: (H, W) arrays of the same shape.
+
+    Returns:
+        A value in [-2, 2]; NaN when a source or a difference image is constant.
+    """
+    f = _as_float(fused)
+    a = _as_float(source_a)
+    b = _as_float(source_b)
+    return correlation(a, f - b) + correlation(b, f - a)
+
+
 def vif_window(size: int) -> np.ndarray:
     """Normalised 2-D Gaussian window of ``size`` x ``size`` with sigma = size / 5, MATLAB ``fspecial`` style.
 
@@ -107,7 +218,7 @@ def _filter_valid(img: np.ndarray, win: np.ndarray) -> np.ndarray:
 def vif_scale_terms(
     sigma_ref: np.ndarray, sigma_dist: np.ndarray, sigma_cross: np.ndarray
 ) -> tuple[float, float]:
-    """Numerator and denominator sums of one VIF scale, applying the clamps in the order SPEC section 8 lists them.
+    """Numerator and denominator sums of one VIF scale, applying the clamps in the order docs/METRICS.md lists them.
 
     Args:
         sigma_ref: local variance of the reference, any shape.
@@ -278,31 +389,52 @@ def ssim(img_x: np.ndarray, img_y: np.ndarray, data_range: float = 255.0) -> flo
 
 
 def fusion_metrics(
-    fused: np.ndarray, ir: np.ndarray, vi: np.ndarray, convention: Convention | str = Convention.PAPER
+    fused: np.ndarray,
+    ir: np.ndarray,
+    vi: np.ndarray,
+    convention: Convention | str = Convention.PAPER,
+    metrics: str | Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """All six Table I metrics of one fused image, combining the sources as ``convention`` says.
+    """Fusion metrics of one fused image, combining the sources as ``convention`` says.
 
     Args:
         fused: (H, W) fused gray image in [0, 255].
         ir: (H, W) infrared source (A).
         vi: (H, W) visible source (B).
-        convention: ``paper``, ``cddfuse`` or ``tdfusion`` (see :mod:`metrics.conventions`).
+        convention: ``paper``, ``cddfuse`` or ``tdfusion`` (see :mod:`metrics.conventions`); it changes CC, VIF
+            and SSIM only.
+        metrics: names (see :mod:`metrics.catalog`), ``"all"``, or None for the six of Table I.
 
     Returns:
-        ``{"EN", "SF", "CC", "VIF", "Qabf", "SSIM"}`` -> float.
+        metric name -> float, in the order asked for.
     """
+    names = parse_metrics(metrics)
     conv = Convention.parse(convention)
     check_shapes(fused, ir, vi)
-    return {
-        "EN": entropy(fused),
-        "SF": spatial_frequency(fused),
-        "CC": combine(correlation(ir, fused), correlation(vi, fused), conv.cc_rule),
-        "VIF": combine(vif(ir, fused), vif(vi, fused), conv.vif_rule),
-        "Qabf": qabf(ir, vi, fused),
-        "SSIM": combine(
+
+    def combined_mse() -> float:
+        return (mse(ir, fused) + mse(vi, fused)) / 2.0
+
+    formulas = {
+        "EN": lambda: entropy(fused),
+        "SD": lambda: standard_deviation(fused),
+        "SF": lambda: spatial_frequency(fused),
+        "AG": lambda: average_gradient(fused),
+        "MI": lambda: mutual_information(fused, ir) + mutual_information(fused, vi),
+        "MSE": combined_mse,
+        "CC": lambda: combine(correlation(ir, fused), correlation(vi, fused), conv.cc_rule),
+        "PSNR": lambda: psnr(fused, ir, vi),
+        "SCD": lambda: scd(fused, ir, vi),
+        "VIF": lambda: combine(vif(ir, fused), vif(vi, fused), conv.vif_rule),
+        "Qabf": lambda: qabf(ir, vi, fused),
+        "SSIM": lambda: combine(
             ssim(fused, ir, conv.ssim_data_range), ssim(fused, vi, conv.ssim_data_range), conv.ssim_rule
         ),
+        "AG_fwd": lambda: average_gradient_forward(fused),
+        "MI_bits": lambda: (mutual_information(fused, ir) + mutual_information(fused, vi)) / math.log(2.0),
+        "PSNR_255": lambda: psnr(fused, ir, vi, peak=255.0),
     }
+    return {name: formulas[name]() for name in names}
 
 
 def check_shapes(fused: np.ndarray, ir: np.ndarray, vi: np.ndarray) -> None:

@@ -6,7 +6,13 @@
 - SSIM: the 7x7 uniform window is a box filter (``cv2.boxFilter``, float64); the fused image's moments are shared.
 - Qabf: the Sobel kernels are separable ([1, 2, 1] x [-1, 0, 1]); the 'same' convolution with zero padding is
   written as shifted sums of a padded array, which is integer-exact, and the per-pixel rules are vectorised.
-- CC and SF: sums of products (``einsum``) instead of squared temporaries; EN as in the definition.
+- CC, SF, SD, MSE, SCD: sums of products (``einsum``) of differences held in reused buffers, no squared
+  temporaries; the fused image's centred copy is shared by SD, CC and SCD, and MSE feeds PSNR.
+- AG: the differences of ``numpy.gradient`` written into two buffers, then the per-pixel root in row blocks.
+- MI: for integer images in [0, 255] (what the reading convention gives) the joint distribution of the values
+  present is a 256 x 256 ``bincount``, and MI = H(F) + H(X) - H(F, X) with H(F) shared by both sources; other
+  inputs take the general path of :func:`metrics.direct.mutual_information`.
+- EN as in the definition.
 
 Two implementation choices matter as much as the arithmetic on 640x480 images. Per-pixel formulas run on blocks
 of rows (about 16k pixels) so that their temporaries stay in cache, and full-size intermediates live in a
@@ -20,17 +26,27 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
+from . import direct
+from .catalog import parse_metrics
 from .conventions import Convention, combine
 from .direct import QABF_A, QABF_G, SSIM_K1, SSIM_K2, SSIM_WIN, VIF_EPS, VIF_SIGMA_NSQ, check_shapes, vif_window
 
 __all__ = [
     "entropy",
+    "standard_deviation",
     "spatial_frequency",
+    "average_gradient",
+    "average_gradient_forward",
+    "mutual_information",
+    "mse",
     "correlation",
+    "psnr",
+    "scd",
     "vif",
     "qabf",
     "ssim",
@@ -407,31 +423,199 @@ def correlation(source: np.ndarray, fused: np.ndarray) -> float:
     return _correlation_many([_as_float(source)], _as_float(fused))[0]
 
 
+def _centred(img: np.ndarray, name: str) -> np.ndarray:
+    """``img - mean(img)`` in workspace buffer ``name``."""
+    return np.subtract(img, img.mean(), out=_WS.get(name, img.shape))
+
+
+def standard_deviation(fused: np.ndarray) -> float:
+    """SD (ddof 0), as :func:`metrics.direct.standard_deviation`."""
+    f = _as_float(fused)
+    return math.sqrt(_sum_squares(_centred(f, "sd_f")) / f.size)
+
+
+def _gradient_root_mean(gx: np.ndarray, gy: np.ndarray) -> float:
+    """Sum over pixels of sqrt((gx^2 + gy^2) / 2), block by block (the buffers are overwritten)."""
+    total = 0.0
+    for rows in _row_blocks(gx.shape):
+        x, y = gx[rows], gy[rows]
+        x *= x
+        y *= y
+        x += y
+        x *= 0.5
+        total += float(np.sum(np.sqrt(x, out=x)))
+    return total
+
+
+def average_gradient(fused: np.ndarray) -> float:
+    """AG, as :func:`metrics.direct.average_gradient` (``numpy.gradient``'s differences, written into buffers).
+
+    Args:
+        fused: (H, W) with H, W >= 2.
+    """
+    f = _as_float(fused)
+    h, w = f.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"AG needs at least 2x2 pixels, got {w}x{h}")
+    gx = _WS.get("ag_x", f.shape)
+    gy = _WS.get("ag_y", f.shape)
+    np.subtract(f[:, 2:], f[:, :-2], out=gx[:, 1:-1])
+    gx[:, 1:-1] *= 0.5
+    np.subtract(f[:, 1], f[:, 0], out=gx[:, 0])
+    np.subtract(f[:, -1], f[:, -2], out=gx[:, -1])
+    np.subtract(f[2:, :], f[:-2, :], out=gy[1:-1, :])
+    gy[1:-1, :] *= 0.5
+    np.subtract(f[1, :], f[0, :], out=gy[0, :])
+    np.subtract(f[-1, :], f[-2, :], out=gy[-1, :])
+    return _gradient_root_mean(gx, gy) / f.size
+
+
+def average_gradient_forward(fused: np.ndarray) -> float:
+    """AG_fwd, as :func:`metrics.direct.average_gradient_forward`.
+
+    Args:
+        fused: (H, W) with H, W >= 2.
+    """
+    f = _as_float(fused)
+    h, w = f.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"AG needs at least 2x2 pixels, got {w}x{h}")
+    gx = _WS.get("ag_x", f.shape)
+    gy = _WS.get("ag_y", f.shape)
+    np.subtract(f[:, 1:], f[:, :-1], out=gx[:, :-1])
+    gx[:, -1] = 0.0
+    np.subtract(f[1:, :], f[:-1, :], out=gy[:-1, :])
+    gy[-1, :] = 0.0
+    return _gradient_root_mean(gx, gy) / ((h - 1) * (w - 1))
+
+
+def _grey_levels(img: np.ndarray, name: str) -> np.ndarray | None:
+    """The image as ``intp`` levels 0..255 in buffer ``name`` when all its values are such integers, else None."""
+    if img.size == 0 or img.min() < 0 or img.max() > 255:
+        return None
+    levels = _WS.get(name, img.shape, np.intp)
+    np.copyto(levels, img, casting="unsafe")
+    if not np.array_equal(levels, img):  # a fractional value: not a grey level
+        return None
+    return levels
+
+
+def _entropy_nats(counts: np.ndarray, n: int) -> float:
+    p = counts[counts > 0] / n
+    return float(-np.sum(p * np.log(p)))
+
+
+def _mutual_information_many(fused: np.ndarray, sources: list[np.ndarray]) -> list[float]:
+    """MI(F, X) in nats for each source X, as :func:`metrics.direct.mutual_information`, sharing H(F)."""
+    f_levels = _grey_levels(fused, "mi_f")
+    if f_levels is None:
+        return [direct.mutual_information(fused, src) for src in sources]
+    n = fused.size
+    h_f = _entropy_nats(np.bincount(f_levels.ravel(), minlength=256), n)
+    values = []
+    for src in sources:
+        s_levels = _grey_levels(src, "mi_s")
+        if s_levels is None:
+            values.append(direct.mutual_information(fused, src))
+            continue
+        h_s = _entropy_nats(np.bincount(s_levels.ravel(), minlength=256), n)
+        cells = np.multiply(f_levels, 256, out=_WS.get("mi_cells", fused.shape, np.intp))
+        cells += s_levels
+        h_joint = _entropy_nats(np.bincount(cells.ravel(), minlength=256 * 256), n)
+        values.append(max(h_f + h_s - h_joint, 0.0))
+    return values
+
+
+def mutual_information(x: np.ndarray, y: np.ndarray) -> float:
+    """MI in nats of the values present, as :func:`metrics.direct.mutual_information`."""
+    return _mutual_information_many(_as_float(x), [_as_float(y)])[0]
+
+
+def mse(source: np.ndarray, fused: np.ndarray) -> float:
+    """mean((source - fused)^2), as :func:`metrics.direct.mse`."""
+    s, f = _as_float(source), _as_float(fused)
+    return _sum_squares(np.subtract(s, f, out=_WS.get("mse_diff", f.shape))) / f.size
+
+
+def _psnr_from(fused: np.ndarray, error: float, peak: float | None) -> float:
+    top = float(fused.max()) if peak is None else float(peak)
+    if error == 0.0:
+        return math.inf
+    with np.errstate(divide="ignore"):
+        return float(10.0 * np.log10(np.float64(top) ** 2 / error))
+
+
+def psnr(fused: np.ndarray, source_a: np.ndarray, source_b: np.ndarray, peak: float | None = None) -> float:
+    """PSNR in dB, as :func:`metrics.direct.psnr` (+inf when F equals both sources)."""
+    error = (mse(source_a, fused) + mse(source_b, fused)) / 2.0
+    return _psnr_from(_as_float(fused), error, peak)
+
+
+def scd(fused: np.ndarray, source_a: np.ndarray, source_b: np.ndarray) -> float:
+    """r(A, F - B) + r(B, F - A), as :func:`metrics.direct.scd`; NaN when an image involved is constant."""
+    f, a, b = _as_float(fused), _as_float(source_a), _as_float(source_b)
+    total = 0.0
+    for src, other in ((a, b), (b, a)):
+        diff = np.subtract(f, other, out=_WS.get("scd_diff", f.shape))
+        total += _correlation_many([src], diff)[0]
+    return total
+
+
 def fusion_metrics(
-    fused: np.ndarray, ir: np.ndarray, vi: np.ndarray, convention: Convention | str = Convention.PAPER
+    fused: np.ndarray,
+    ir: np.ndarray,
+    vi: np.ndarray,
+    convention: Convention | str = Convention.PAPER,
+    metrics: str | Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """All six Table I metrics, as :func:`metrics.direct.fusion_metrics`, sharing the fused image's statistics.
+    """Fusion metrics, as :func:`metrics.direct.fusion_metrics`, sharing the fused image's statistics.
 
     Args:
         fused: (H, W) fused gray image in [0, 255].
         ir: (H, W) infrared source (A).
         vi: (H, W) visible source (B).
         convention: ``paper``, ``cddfuse`` or ``tdfusion``.
+        metrics: names (see :mod:`metrics.catalog`), ``"all"``, or None for the six of Table I.
 
     Returns:
-        ``{"EN", "SF", "CC", "VIF", "Qabf", "SSIM"}`` -> float.
+        metric name -> float, in the order asked for.
     """
+    names = parse_metrics(metrics)
+    want = set(names)
     conv = Convention.parse(convention)
     check_shapes(fused, ir, vi)
     f, a, b = _as_float(fused), _as_float(ir), _as_float(vi)
-    vif_a, vif_b = _vif_many([a, b], f)
-    cc_a, cc_b = _correlation_many([a, b], f)
-    ssim_a, ssim_b = _ssim_many([a, b], f, conv.ssim_data_range)
-    return {
-        "EN": entropy(f),
-        "SF": spatial_frequency(f),
-        "CC": combine(cc_a, cc_b, conv.cc_rule),
-        "VIF": combine(vif_a, vif_b, conv.vif_rule),
-        "Qabf": qabf(a, b, f),
-        "SSIM": combine(ssim_a, ssim_b, conv.ssim_rule),
-    }
+    out: dict[str, float] = {}
+    if "EN" in want:
+        out["EN"] = entropy(f)
+    if "SD" in want:
+        out["SD"] = standard_deviation(f)
+    if "SF" in want:
+        out["SF"] = spatial_frequency(f)
+    if "AG" in want:
+        out["AG"] = average_gradient(f)
+    if "AG_fwd" in want:
+        out["AG_fwd"] = average_gradient_forward(f)
+    if want & {"MI", "MI_bits"}:
+        mi = sum(_mutual_information_many(f, [a, b]))
+        out["MI"] = mi
+        out["MI_bits"] = mi / math.log(2.0)
+    if want & {"MSE", "PSNR", "PSNR_255"}:
+        error = (mse(a, f) + mse(b, f)) / 2.0
+        out["MSE"] = error
+        out["PSNR"] = _psnr_from(f, error, None)
+        out["PSNR_255"] = _psnr_from(f, error, 255.0)
+    if "CC" in want:
+        cc_a, cc_b = _correlation_many([a, b], f)
+        out["CC"] = combine(cc_a, cc_b, conv.cc_rule)
+    if "SCD" in want:
+        out["SCD"] = scd(f, a, b)
+    if "VIF" in want:
+        vif_a, vif_b = _vif_many([a, b], f)
+        out["VIF"] = combine(vif_a, vif_b, conv.vif_rule)
+    if "Qabf" in want:
+        out["Qabf"] = qabf(a, b, f)
+    if "SSIM" in want:
+        ssim_a, ssim_b = _ssim_many([a, b], f, conv.ssim_data_range)
+        out["SSIM"] = combine(ssim_a, ssim_b, conv.ssim_rule)
+    return {name: out[name] for name in names}

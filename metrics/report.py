@@ -7,6 +7,11 @@ rounding to the printed precision (ties share a mark; "second" is the next disti
 - Markdown: ``**best**`` and ``<u>second</u>``;
 - LaTeX: ``\\textbf{best}`` and ``\\underline{second}``.
 
+With ``directions`` every header shows which way is better: ``EN ↑`` / ``MSE ↓`` in Markdown, ``$\\uparrow$`` /
+``$\\downarrow$`` in LaTeX; the plain style (ASCII only, safe on any console) says it in a legend line. Rows can
+be shown without taking part in the ranking (reference rows), and columns left unranked (when the rows were not
+scored on a common image set).
+
 Published numbers (``--published``) come from a YAML or CSV file. YAML: ``{dataset: {method: {column: value}}}``,
 where a value may itself be a mapping, flattened into "key sub-key" columns (``{Car: {Acc: 94.2}}`` becomes the
 column ``Car Acc``). CSV: a header ``dataset,method,<columns...>`` (the ``dataset`` column is optional).
@@ -18,7 +23,8 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -28,6 +34,7 @@ from utils.atomic import atomic_write_text
 Table = Mapping[str, Mapping[str, float | None]]
 
 PLAIN_BEST, PLAIN_SECOND = "*", "+"
+ARROW_UP, ARROW_DOWN = "\u2191", "\u2193"  # ↑ higher is better, ↓ lower is better
 
 
 def _finite(value: float | None) -> bool:
@@ -35,7 +42,11 @@ def _finite(value: float | None) -> bool:
 
 
 def rank_marks(
-    table: Table, columns: Sequence[str], decimals: int = 3, lower_is_better: Sequence[str] = ()
+    table: Table,
+    columns: Sequence[str],
+    decimals: int = 3,
+    lower_is_better: Sequence[str] = (),
+    rows: Collection[str] | None = None,
 ) -> dict[tuple[str, str], int]:
     """Best (1) and second-best (2) cells of every column, compared at the printed precision.
 
@@ -43,14 +54,19 @@ def rank_marks(
         table: row -> column -> value (missing or NaN cells are not ranked).
         columns: columns to rank.
         decimals: printed decimals; values equal after rounding tie.
-        lower_is_better: columns where the smallest value wins (all Table I/II columns are higher-is-better).
+        lower_is_better: columns where the smallest value wins (MSE; all Table I/II columns are higher-is-better).
+        rows: the rows that compete (default: all).
 
     Returns:
         ``{(row, column): 1 or 2}``; columns with fewer than two ranked rows get no marks.
     """
     marks: dict[tuple[str, str], int] = {}
     for col in columns:
-        cells = {row: round(float(vals[col]), decimals) for row, vals in table.items() if _finite(vals.get(col))}
+        cells = {
+            row: round(float(vals[col]), decimals)
+            for row, vals in table.items()
+            if (rows is None or row in rows) and _finite(vals.get(col))
+        }
         if len(cells) < 2:
             continue
         distinct = sorted(set(cells.values()), reverse=col not in lower_is_better)
@@ -75,6 +91,9 @@ def format_table(
     row_header: str = "Method",
     caption: str | None = None,
     lower_is_better: Sequence[str] = (),
+    directions: Mapping[str, str] | None = None,
+    rank_rows: Collection[str] | None = None,
+    rank_columns: Collection[str] | None = None,
 ) -> str:
     """Render ``table`` with best / second-best marks.
 
@@ -84,13 +103,27 @@ def format_table(
         style: ``"plain"``, ``"markdown"`` or ``"latex"``.
         decimals: digits after the decimal point.
         row_header: title of the first column.
-        caption: optional line printed above the table (a LaTeX ``%`` comment in LaTeX).
+        caption: optional text printed above the table (each line a LaTeX ``%`` comment in LaTeX).
         lower_is_better: columns where the smallest value wins.
+        directions: column -> ``"higher"`` or ``"lower"``; those headers get an arrow pointing the better way.
+        rank_rows: rows that take part in the marks (default: all); the others are shown unmarked.
+        rank_columns: columns that get marks (default: all).
 
     Returns:
         The table text, ending with a newline.
     """
-    marks = rank_marks(table, columns, decimals, lower_is_better)
+    directions = directions or {}
+    lower = [*lower_is_better, *(c for c in columns if directions.get(c) == "lower")]
+    ranked = [c for c in columns if rank_columns is None or c in rank_columns]
+    marks = rank_marks(table, ranked, decimals, lower, rank_rows)
+    arrows = {"markdown": {"higher": ARROW_UP, "lower": ARROW_DOWN}, "latex": {"higher": r"$\uparrow$",
+                                                                           "lower": r"$\downarrow$"}}  # fmt: skip
+
+    def header(col: str) -> str:
+        name = _latex_escape(col) if style == "latex" else col
+        if col not in directions or style not in arrows:
+            return name
+        return f"{name} {arrows[style][directions[col]]}"
 
     def cell(row: str, col: str) -> str:
         value = table[row].get(col)
@@ -110,22 +143,22 @@ def format_table(
     if style == "markdown":
         if caption:
             lines += [caption, ""]
-        lines.append("| " + " | ".join([row_header, *columns]) + " |")
+        lines.append("| " + " | ".join([row_header, *(header(c) for c in columns)]) + " |")
         lines.append("|" + "|".join(["---", *(["---:"] * len(columns))]) + "|")
         lines += ["| " + " | ".join(r) + " |" for r in body]
     elif style == "latex":
         if caption:
-            lines.append(f"% {caption}")
+            lines += [f"% {line}" for line in caption.splitlines()]
         lines.append(r"\begin{tabular}{l" + "c" * len(columns) + "}")
         lines.append(r"\toprule")
-        lines.append(" & ".join(_latex_escape(c) for c in [row_header, *columns]) + r" \\")
+        lines.append(" & ".join([_latex_escape(row_header), *(header(c) for c in columns)]) + r" \\")
         lines.append(r"\midrule")
         lines += [" & ".join([_latex_escape(r[0]), *r[1:]]) + r" \\" for r in body]
         lines.append(r"\bottomrule")
         lines.append(r"\end{tabular}")
     elif style == "plain":
-        header = [row_header, *columns]
-        widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
+        head = [row_header, *(header(c) for c in columns)]
+        widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
         if caption:
             lines.append(caption)
 
@@ -133,11 +166,15 @@ def format_table(
             pairs = enumerate(zip(cells, widths, strict=True))
             return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
 
-        lines.append(aligned(header))
+        lines.append(aligned(head))
         lines.append("  ".join("-" * w for w in widths))
         lines += [aligned(r) for r in body]
         if marks:
             lines.append(f"({PLAIN_BEST} best, {PLAIN_SECOND} second best)")
+        if any(c in directions for c in columns):
+            down = [c for c in columns if directions.get(c) == "lower"]
+            lines.append(f"(lower is better: {', '.join(down)}; higher for the others)" if down
+                         else "(higher is better in every column)")
     else:
         raise ValueError(f"unknown table style {style!r}; choose plain, markdown or latex")
     return "\n".join(lines) + "\n"
@@ -226,3 +263,28 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Seq
     """Write :func:`csv_text` to ``path`` atomically, creating the folder."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, csv_text(header, rows))
+
+
+def output_problem(path: str | os.PathLike) -> str | None:
+    """Why a result file could not be written at ``path``, found before any work is done; None when it can.
+
+    Creates the missing parent folders (as the writers would) and creates and removes a temporary file there, which
+    is what the atomic writers need: a writable folder (the target's own permissions do not matter, it is replaced).
+
+    Returns:
+        A phrase such as ``"cannot create output folder 'x': File exists"``, or None.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"'{path}' is a folder; give a file name"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"cannot create output folder '{path.parent}': {err.strerror or err}"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        return f"cannot write in '{path.parent}': {err.strerror or err}"
+    return None

@@ -25,16 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from .imageio import ImageReadError, decode_file, list_images
-
-FMB_CLASSES = (
-    "unlabeled", "road", "sidewalk", "building", "lamp", "sign", "vegetation", "sky",
-    "person", "car", "truck", "bus", "motorcycle", "bicycle", "pole",
-)  # fmt: skip
-MSRS_CLASSES = ("unlabelled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump")
+from data.io import ImageReadError, list_images, read_label
+from data.layouts import FMB_CLASSES, MSRS_CLASSES  # noqa: F401  (re-exported for the metrics' users)
 
 
 def confusion_matrix(
@@ -135,24 +129,15 @@ def summarise(
 
 
 def read_index_map(path: str | os.PathLike) -> np.ndarray:
-    """Read a class-index image unchanged (8 or 16 bit); 3 equal channels are reduced to one.
+    """Read a class-index image (8 or 16 bit, or a palette PNG's indices) with :func:`data.io.read_label`.
 
     Returns:
-        (H, W) integer array.
+        (H, W) int64 class indices; a 3- or 4-channel file whose colour channels are equal is reduced to one.
 
     Raises:
         ImageReadError: unreadable, or a colour image whose channels differ (an RGB rendering, not indices).
     """
-    img = decode_file(path, cv2.IMREAD_UNCHANGED)
-    if img.ndim == 3:
-        if img.shape[2] == 4:
-            img = img[:, :, :3]
-        if not all(np.array_equal(img[:, :, 0], img[:, :, c]) for c in range(1, img.shape[2])):
-            raise ImageReadError(f"{img.shape[2]}-channel colour image, expected a single-channel index map")
-        img = img[:, :, 0]
-    if not np.issubdtype(img.dtype, np.integer):
-        raise ImageReadError(f"{img.dtype} image, expected integer class indices")
-    return img
+    return read_label(path)
 
 
 @dataclass
@@ -256,15 +241,19 @@ def evaluate_seg_folders(
     for label, folder in [("label", label_dir), *[(f"prediction ({m})", d) for m, d in pred_dirs.items()]]:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{label} folder not found: {folder}")
-    labels, label_dups = list_images(label_dir)
-    if not labels and not label_dups:
+    label_list = list_images(label_dir)
+    labels = label_list.files
+    if not label_list:
         raise ValueError(f"no label images found in {label_dir}")
     result = SegEvaluation(num_classes, names, ignore_index, background, list(pred_dirs))
     preds = {m: list_images(d) for m, d in pred_dirs.items()}
     for m in pred_dirs:
         result.confusion[m] = np.zeros((num_classes, num_classes), np.int64)
         result.images[m] = 0
-        result.failed[m] = {n: f"ambiguous label: {', '.join(p.name for p in ps)}" for n, ps in label_dups.items()}
+        result.failed[m] = {
+            n: f"ambiguous label: {', '.join(p.name for p in ps)}" for n, ps in label_list.duplicates.items()
+        }
+        result.failed[m].update({n: f"label {why}" for n, why in label_list.unusable.items()})
 
     stems = sorted(labels)
     iterator = stems
@@ -277,12 +266,15 @@ def evaluate_seg_folders(
             label = read_index_map(labels[stem])
         except ImageReadError as err:
             for m in pred_dirs:
-                result.failed[m][stem] = f"label {labels[stem]}: {err}"
+                result.failed[m][stem] = f"label {labels[stem]}: {err.reason}"
             continue
         for m, folder in pred_dirs.items():
-            files, dups = preds[m]
+            files, dups = preds[m].files, preds[m].duplicates
             if stem in dups:
                 result.failed[m][stem] = f"ambiguous prediction: {', '.join(p.name for p in dups[stem])}"
+                continue
+            if stem in preds[m].unusable:
+                result.failed[m][stem] = f"prediction {preds[m].unusable[stem]}"
                 continue
             if stem not in files:
                 result.failed[m][stem] = f"missing prediction ({stem}.* not in {folder})"
@@ -291,7 +283,9 @@ def evaluate_seg_folders(
                 pred = read_index_map(files[stem])
                 result.confusion[m] += confusion_matrix(pred, label, num_classes, ignore_index)
                 result.images[m] += 1
-            except (ImageReadError, ValueError) as err:
+            except ImageReadError as err:
+                result.failed[m][stem] = f"{files[stem]}: {err.reason}"
+            except ValueError as err:  # size mismatch or values out of range
                 result.failed[m][stem] = f"{files[stem]}: {err}"
     return result
 

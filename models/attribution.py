@@ -34,6 +34,7 @@ SEGMENTER_MODES = ("eval", "follow")
 ATTENTION_METHODS = ("ig", "grad")
 ATTENTION_REDUCTIONS = ("sum", "mean")
 ATTENTION_SCORES = ("region", "masked_mean")
+ATTENTION_NORMALIZATIONS = ("none", "std", "max")
 
 
 @dataclass
@@ -59,6 +60,12 @@ class AttributionSettings:
         attention_score: ``region`` (Eq. 9: mean over pixels of each pixel's region-class score) or
             ``masked_mean`` (release row 4: mean of mask ⊙ scores over batch, classes and pixels; the mask is
             the one-hot label in training and the segmenter's output on I^(0) at inference).
+        attention_initial_gradient: also evaluate the score gradient at I^(0) when a path starts, and discard it
+            (release row 15: one more segmenter pass, which in training mode moves BatchNorm statistics).
+        attention_normalize: **an extension, not in the paper**: rescale each image's A before the sigmoid,
+            ``none`` (paper), ``std`` (A / std(A)) or ``max`` (A / max|A|). Eq. 9's score is a pixel mean, so A is
+            O(1/HW) and σ(A) ≈ 0.5 everywhere (docs/DECISIONS.md D6); this lets researchers test whether an
+            attention that actually varies helps.
         ig_chunk: images per forward pass in the fast IG (0: all T·M·N at once; default N, one step of one
             modality per pass, which suits CPUs; raise it on a GPU).
         fold_batchnorm: score with an eval-mode copy whose BatchNorm layers are folded into the convolutions
@@ -77,6 +84,8 @@ class AttributionSettings:
     attention_substeps: int = 1
     attention_reduction: str = "sum"
     attention_score: str = "region"
+    attention_initial_gradient: bool = False
+    attention_normalize: str = "none"
     ig_chunk: int | None = None
     fold_batchnorm: bool = True
     ignore_index: int = 255
@@ -91,6 +100,7 @@ class AttributionSettings:
             "attention": ATTENTION_METHODS,
             "attention_reduction": ATTENTION_REDUCTIONS,
             "attention_score": ATTENTION_SCORES,
+            "attention_normalize": ATTENTION_NORMALIZATIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -118,6 +128,28 @@ def region_one_hot(regions: torch.Tensor, num_classes: int, ignore_index: int, d
     valid = (regions >= 0) & (regions < num_classes) & (regions != ignore_index)
     onehot = F.one_hot(torch.where(valid, regions, 0), num_classes).permute(0, 3, 1, 2)
     return (onehot * valid.unsqueeze(1)).to(dtype)
+
+
+def riemann_right(steps: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The integration rule of Eq. 7 and Eq. 12: right Riemann sums, α_j = j/M for j = 1..M. Shape (M,).
+
+    (Captum calls it ``riemann_right``.) Both the class-wise IG (path 0 → I) and the attention's path segments
+    (I^(k-1) → I^(k), with Table IV's sub-steps) sample their paths at these fractions.
+    """
+    return torch.arange(1, steps + 1, dtype=dtype, device=device) / steps
+
+
+def region_mean_score(scores: torch.Tensor, onehot: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+    """Eq. 5: the mean class-c score over region c, for every class at once.
+
+    Args:
+        scores: (B, C, H, W) class scores y; onehot: (B, C, H, W) region masks.
+        pooled: False (paper): per image, (B, C); True (release row 5): over the whole batch, (C,).
+    Returns:
+        Region means; 0 for empty regions.
+    """
+    dims = (0, 2, 3) if pooled else (2, 3)
+    return (scores * onehot).sum(dim=dims) / onehot.sum(dim=dims).clamp(min=1)
 
 
 def class_schedule(onehot: torch.Tensor) -> torch.Tensor:
@@ -168,6 +200,47 @@ def prepare_scoring_model(segmenter: nn.Module, fold_batchnorm: bool = True) -> 
 # ------------------------------------------------------------------------- class-wise IG (Eq. 5–8)
 
 
+def ig_region_attributions_loop(
+    model: ScoringModel,
+    image: torch.Tensor,
+    regions: torch.Tensor,
+    num_classes: int,
+    steps: int = 5,
+    activation: str = "none",
+    ignore_index: int = 255,
+    pooling: str = "image",
+) -> torch.Tensor:
+    """Region sums of the IG maps by the literal loop: one forward per step, one backward per class.
+
+    For each class c present: S^c = Σ_{j=1..M} ∂Score^c(α_j I)/∂(α_j I) · I/M (Eq. 7, :func:`riemann_right`),
+    Score^c the region mean of y^c (Eq. 5, :func:`region_mean_score`), and r[c] = Σ_{p∈c} S^c(p).
+
+    Args:
+        model: maps (B, 1, H, W) to (B, C, H, W); may be in training mode (the release's IG).
+        image: (N, 1, H, W). regions: (N, H, W) long.
+        pooling: ``image`` (paper: per image; the model must treat batch items independently) or ``batch``
+            (release row 5: Score^c and the region sums pooled over the batch).
+    Returns:
+        (N, C) for ``image``, (C,) for ``batch``; in the image's dtype, 0 where the class is absent.
+    """
+    if pooling not in REGION_POOLINGS:
+        raise ValueError(f"pooling must be one of {REGION_POOLINGS}, got {pooling!r}")
+    pooled = pooling == "batch"
+    onehot = region_one_hot(regions, num_classes, ignore_index, image.dtype)
+    present = torch.nonzero(onehot.sum(dim=(0, 2, 3)) > 0).flatten().tolist()
+    sum_dims = (0, 1, 2, 3) if pooled else (1, 2, 3)
+    out = image.new_zeros(num_classes) if pooled else image.new_zeros(image.shape[0], num_classes)
+    for alpha in riemann_right(steps, image.dtype, image.device).tolist():
+        with torch.enable_grad():
+            x = (image.detach() * alpha).requires_grad_(True)
+            scores = region_mean_score(apply_score_activation(model(x), activation), onehot, pooled)
+            for idx, c in enumerate(present):
+                score = scores[c] if pooled else scores[:, c].sum()  # per image: items are independent
+                (grad,) = torch.autograd.grad(score, x, retain_graph=idx < len(present) - 1)
+                out[..., c] += (grad * image * onehot[:, c:c + 1]).sum(dim=sum_dims) / steps
+    return out.detach()
+
+
 def ig_region_attributions_naive(
     model: ScoringModel,
     image: torch.Tensor,
@@ -177,31 +250,8 @@ def ig_region_attributions_naive(
     activation: str = "none",
     ignore_index: int = 255,
 ) -> torch.Tensor:
-    """Region sums of the IG maps, the literal loop: one backward per class per step.
-
-    For each image n and class c present in it: r[n, c] = Σ_{p∈c} S^c_n(p) with
-    S^c = Σ_{j=1..M} ∂Score^c(j/M·I)/∂(j/M·I) · I/M (Eq. 7) and Score^c = region mean of y^c (Eq. 5).
-
-    Args:
-        model: maps (B, 1, H, W) to (B, C, H, W); must treat batch items independently.
-        image: (N, 1, H, W).
-        regions: (N, H, W) long.
-    Returns:
-        (N, C) in the image's dtype; 0 where the class is absent.
-    """
-    onehot = region_one_hot(regions, num_classes, ignore_index, image.dtype)
-    counts = onehot.sum(dim=(2, 3)).clamp(min=1)  # (N, C)
-    present = torch.nonzero(onehot.sum(dim=(0, 2, 3)) > 0).flatten().tolist()
-    out = image.new_zeros(image.shape[0], num_classes)
-    for j in range(1, steps + 1):
-        with torch.enable_grad():
-            x = (image.detach() * (j / steps)).requires_grad_(True)
-            scores = apply_score_activation(model(x), activation)
-            for idx, c in enumerate(present):
-                class_score = (scores[:, c] * onehot[:, c]).sum(dim=(1, 2)) / counts[:, c]  # (N,) Eq. 5
-                (grad,) = torch.autograd.grad(class_score.sum(), x, retain_graph=idx < len(present) - 1)
-                out[:, c] += ((grad * image).sum(dim=1) * onehot[:, c]).sum(dim=(1, 2)) / steps
-    return out.detach()
+    """Per-image region sums by the literal loop (the reference for the fast form). Returns (N, C)."""
+    return ig_region_attributions_loop(model, image, regions, num_classes, steps, activation, ignore_index, "image")
 
 
 def ig_region_attributions_fast(
@@ -231,7 +281,6 @@ def ig_region_attributions_fast(
     stacked = torch.stack([im.detach() for im in images])  # (T, N, 1, H, W)
     n_mod, batch = stacked.shape[:2]
     onehot = region_one_hot(regions, num_classes, ignore_index, stacked.dtype)
-    counts = onehot.sum(dim=(2, 3)).clamp(min=1)
     schedule = class_schedule(onehot)  # (R, N)
     out = stacked.new_zeros(n_mod, batch, num_classes)
     if schedule.shape[0] == 0:
@@ -241,7 +290,7 @@ def ig_region_attributions_fast(
     # sample s of the flattened (T, M, N) order: modality s // (M N), step (s // N) % M + 1, image s % N
     sample = torch.arange(total, device=stacked.device)
     mod_idx, step_idx, img_idx = sample // (steps * batch), (sample // batch) % steps, sample % batch
-    alphas = (step_idx + 1).to(stacked.dtype) / steps
+    alphas = riemann_right(steps, stacked.dtype, stacked.device)[step_idx]
     for begin in range(0, total, chunk):
         sl = slice(begin, min(begin + chunk, total))
         mods, imgs = mod_idx[sl], img_idx[sl]
@@ -255,8 +304,8 @@ def ig_region_attributions_fast(
                 classes = chunk_schedule[r]
                 active = classes >= 0
                 chosen = F.one_hot(classes.clamp(min=0), num_classes).to(stacked.dtype) * active.unsqueeze(1)
-                weight = onehot[imgs] * (chosen / counts[imgs])[:, :, None, None]  # Eq. 5, chosen class only
-                (grad,) = torch.autograd.grad((scores * weight).sum(), x, retain_graph=r < rounds - 1)
+                score = (region_mean_score(scores, onehot[imgs]) * chosen).sum()  # Eq. 5, chosen class only
+                (grad,) = torch.autograd.grad(score, x, retain_graph=r < rounds - 1)
                 region = (onehot[imgs] * chosen[:, :, None, None]).sum(dim=1)  # (B, H, W)
                 values = ((grad * base).sum(dim=1) * region).sum(dim=(1, 2)) / steps  # (B,)
                 flat = (mods * batch + imgs) * num_classes + classes.clamp(min=0)
@@ -273,28 +322,8 @@ def ig_region_attributions_batch_pooled(
     activation: str = "none",
     ignore_index: int = 255,
 ) -> torch.Tensor:
-    """Release row 5: region scores and sums pooled over the whole batch.
-
-    For each step j and class c present anywhere in the batch, t = mean of y^c over all region-c pixels of
-    the batch, G = ∂t/∂(j/M·I), and r[c] += Σ_{n, p∈c} G·I / M. One forward per step (the model may be in
-    training mode, as in the release), one backward per class.
-
-    Returns:
-        (C,): batch-level region sums (0 for absent classes).
-    """
-    onehot = region_one_hot(regions, num_classes, ignore_index, image.dtype)
-    counts = onehot.sum(dim=(0, 2, 3))  # (C,)
-    present = torch.nonzero(counts > 0).flatten().tolist()
-    out = image.new_zeros(num_classes)
-    for j in range(1, steps + 1):
-        with torch.enable_grad():
-            x = (image.detach() * (j / steps)).requires_grad_(True)
-            scores = apply_score_activation(model(x), activation)
-            for idx, c in enumerate(present):
-                pooled_score = (scores[:, c] * onehot[:, c]).sum() / counts[c]
-                (grad,) = torch.autograd.grad(pooled_score, x, retain_graph=idx < len(present) - 1)
-                out[c] += ((grad * image).sum(dim=1) * onehot[:, c]).sum() / steps
-    return out.detach()
+    """Release row 5: Score^c and the region sums pooled over the whole batch. Returns (C,)."""
+    return ig_region_attributions_loop(model, image, regions, num_classes, steps, activation, ignore_index, "batch")
 
 
 def attribution_weights(
@@ -404,16 +433,23 @@ class PathAttention:
         method: ``ig`` (path attribution) or ``grad`` (ablation II: A^(k) = ∂Score(I^(k-1))/∂I^(k-1)).
         substeps: s, samples per path segment (Table IV).
         reduction: ``sum`` (Eq. 12) or ``mean`` (release row 3: running mean, sum divided by term count).
+        initial_gradient: evaluate (and discard) the gradient at I^(0) when the path starts (release row 15).
+        normalize: ``none`` (paper), ``std`` or ``max``: divide each image's map by its standard deviation or
+            its largest magnitude before handing it out (an extension; see :class:`AttributionSettings`).
     """
 
-    def __init__(self, score_fn: ScoreFn, method: str = "ig", substeps: int = 1, reduction: str = "sum") -> None:
-        if method not in ATTENTION_METHODS or reduction not in ATTENTION_REDUCTIONS or substeps < 1:
+    def __init__(self, score_fn: ScoreFn, method: str = "ig", substeps: int = 1, reduction: str = "sum",
+                 initial_gradient: bool = False, normalize: str = "none") -> None:
+        if (method not in ATTENTION_METHODS or reduction not in ATTENTION_REDUCTIONS or substeps < 1
+                or normalize not in ATTENTION_NORMALIZATIONS):
             raise ValueError(f"bad PathAttention settings: method={method!r} substeps={substeps} "
-                             f"reduction={reduction!r}")
+                             f"reduction={reduction!r} normalize={normalize!r}")
         self.score_fn = score_fn
         self.method = method
         self.substeps = substeps
         self.reduction = reduction
+        self.initial_gradient = initial_gradient
+        self.normalize = normalize
         self.gradient_evaluations = 0
         self.path: list[torch.Tensor] = []
         self._total: torch.Tensor | None = None
@@ -423,6 +459,9 @@ class PathAttention:
         self.path = [initial.detach()]
         self._total = torch.zeros_like(self.path[0])
         self._terms = 0
+        if self.initial_gradient:  # the release evaluates it and throws it away (A^(1) = 0 either way)
+            input_gradient(self.score_fn, self.path[0])
+            self.gradient_evaluations += 1
 
     def observe(self, stage_output: torch.Tensor) -> None:
         self.path.append(stage_output.detach())
@@ -430,7 +469,7 @@ class PathAttention:
     def segment_term(self, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
         """Σ_t ∂Score(start + t/s·Δ)/∂x · Δ/s for Δ = end − start (all samples in one batch)."""
         delta = end - start
-        fractions = torch.arange(1, self.substeps + 1, dtype=start.dtype, device=start.device) / self.substeps
+        fractions = riemann_right(self.substeps, start.dtype, start.device)
         points = (start.unsqueeze(0) + fractions.view(-1, 1, 1, 1, 1) * delta.unsqueeze(0)).flatten(0, 1)
         grads = input_gradient(self.score_fn, points).view(self.substeps, *start.shape)
         self.gradient_evaluations += self.substeps
@@ -440,10 +479,23 @@ class PathAttention:
         """A for the stage that follows the last observed output: (N, 1, H, W), detached."""
         if self.method == "grad":
             self.gradient_evaluations += 1
-            return input_gradient(self.score_fn, self.path[-1]).detach()
+            return normalize_attention(input_gradient(self.score_fn, self.path[-1]).detach(), self.normalize)
         while self._terms < len(self.path) - 1:
             self._total = self._total + self.segment_term(self.path[self._terms], self.path[self._terms + 1])
             self._terms += 1
-        if self.reduction == "mean" and self._terms > 0:
-            return (self._total / self._terms).detach()
-        return self._total.detach()
+        total = self._total / self._terms if self.reduction == "mean" and self._terms > 0 else self._total
+        return normalize_attention(total.detach(), self.normalize)
+
+
+def normalize_attention(attention: torch.Tensor, mode: str = "none", eps: float = 1e-12) -> torch.Tensor:
+    """Rescale each image's map (N, 1, H, W): ``none`` as it is, ``std``: A / std(A), ``max``: A / max|A|.
+
+    An all-zero map (stage 1) stays zero. Not in the paper (see :class:`AttributionSettings`).
+    """
+    if mode == "none":
+        return attention
+    flat = attention.flatten(1)
+    scale = flat.std(dim=1, unbiased=False) if mode == "std" else flat.abs().amax(dim=1)
+    if mode not in ATTENTION_NORMALIZATIONS:
+        raise ValueError(f"attention_normalize must be one of {ATTENTION_NORMALIZATIONS}, got {mode!r}")
+    return attention / scale.clamp(min=eps).view(-1, *([1] * (attention.dim() - 1)))

@@ -1,4 +1,12 @@
-"""Convolutional building blocks of the unfolded fusion network (SPEC §2, §6.1)."""
+"""Convolutional building blocks of the unfolded fusion network (Sec. III-A; the release's units, docs/RELEASE.md).
+
+Speed notes (docs/PERFORMANCE.md). The fusion network is a chain of 3×3 convolutions with 32 channels on
+full-resolution images, so on a CPU its time goes to the convolutions and to whole-image memory passes
+(reflect padding, PReLU, gates). Two things keep both low without changing the numbers beyond float32
+round-off: the network runs in channels-last layout (oneDNN's fast path; :func:`reflect_pad` pads that
+layout without PyTorch's slow channels-last reflection kernel, bit-identically), and the ConvLSTM computes
+its input and state convolutions as one convolution over the stacked input and state.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,6 +14,58 @@ import torch.nn.functional as F
 from torch import nn
 
 LSTM_FIRST_STEPS = ("zero_state", "release")
+
+
+def reflect_pad(x: torch.Tensor) -> torch.Tensor:
+    """Reflect-pad the last two dimensions by one pixel, as ``F.pad(x, (1, 1, 1, 1), mode="reflect")``.
+
+    A channels-last input gets a channels-last output built from slice copies (PyTorch's channels-last reflection
+    kernels are several times slower): bit-identical values, gradient equal to round-off. x: (N, C, H, W), H, W ≥ 2.
+    """
+    if _is_channels_last(x) and x.shape[-1] >= 2 and x.shape[-2] >= 2:
+        return _ReflectPadChannelsLast.apply(x)
+    return F.pad(x, (1, 1, 1, 1), mode="reflect")
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous()
+
+
+class _ReflectPadChannelsLast(torch.autograd.Function):
+    """One-pixel reflect padding by slice copies, with the transposed copies as backward (both channels-last)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        out = torch.empty((n, c, h + 2, w + 2), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        out[:, :, 1:-1, 1:-1] = x
+        out[:, :, 0, 1:-1] = x[:, :, 1]
+        out[:, :, -1, 1:-1] = x[:, :, -2]
+        out[:, :, :, 0] = out[:, :, :, 2]
+        out[:, :, :, -1] = out[:, :, :, -3]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # the adjoint of the forward, last copy first: fold the padded columns, then the padded rows
+        folded = grad[:, :, :, 1:-1].contiguous(memory_format=torch.channels_last)
+        folded[:, :, :, 1] += grad[:, :, :, 0]
+        folded[:, :, :, -2] += grad[:, :, :, -1]
+        out = folded[:, :, 1:-1].contiguous(memory_format=torch.channels_last)
+        out[:, :, 1] += folded[:, :, 0]
+        out[:, :, -2] += folded[:, :, -1]
+        return out
+
+
+class ReflectConv2d(nn.Conv2d):
+    """3×3 convolution with one pixel of reflect padding (``padding_mode="reflect"`` semantics, same keys)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 3, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(reflect_pad(x), self.weight, self.bias)
 
 
 class ConvUnit(nn.Module):
@@ -17,9 +77,9 @@ class ConvUnit(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv_unit = nn.Sequential(
-            nn.Conv2d(in_channels, mid_channels, 3, padding=1, padding_mode="reflect"),
+            ReflectConv2d(in_channels, mid_channels),
             nn.PReLU(),
-            nn.Conv2d(mid_channels, out_channels, 3, padding=1, padding_mode="reflect"),
+            ReflectConv2d(mid_channels, out_channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,12 +91,13 @@ class ConvLSTMCell(nn.Module):
 
     Each gate is a 3×3 convolution of the input z plus a 3×3 convolution of the previous hidden state h;
     the four input convolutions are stacked into ``conv_z`` and the four state convolutions into ``conv_h``
-    (output channels ordered i, f, o, g).
+    (output channels ordered i, f, o, g). With a state, both are evaluated as one convolution of Cat(z, h)
+    with the two weights side by side (the same sum, one pass).
 
     ``first_step`` says what happens when there is no state yet:
       - ``"zero_state"`` (paper): h = c = 0, then the standard update, so c = i ⊙ g and h = o ⊙ tanh(c)
         with the gates seeing the state convolutions' biases.
-      - ``"release"`` (SPEC §6 row 13): gates from ``conv_z`` alone, c = i ⊙ g and h = o ⊙ c (no tanh).
+      - ``"release"`` (release row 13): gates from ``conv_z`` alone, c = i ⊙ g and h = o ⊙ c (no tanh).
     """
 
     def __init__(self, channels: int, first_step: str = "zero_state") -> None:
@@ -45,25 +106,44 @@ class ConvLSTMCell(nn.Module):
             raise ValueError(f"lstm first_step must be one of {LSTM_FIRST_STEPS}, got {first_step!r}")
         self.channels = channels
         self.first_step = first_step
-        self.conv_z = nn.Conv2d(channels, 4 * channels, 3, padding=1, padding_mode="reflect")
-        self.conv_h = nn.Conv2d(channels, 4 * channels, 3, padding=1, padding_mode="reflect")
+        self.stacked = True  # False: the literal two convolutions and a sum (reference for tests and benchmarks)
+        self.conv_z = ReflectConv2d(channels, 4 * channels)
+        self.conv_h = ReflectConv2d(channels, 4 * channels)
+
+    def gates(self, z: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        """conv_z(z) + conv_h(h) (h None: conv_z(z) alone), (N, 4C, H, W) in the order i, f, o, g."""
+        if h is None:
+            return self.conv_z(z)
+        if not self.stacked:
+            return self.conv_z(z) + self.conv_h(h)
+        weight = torch.cat([self.conv_z.weight, self.conv_h.weight], dim=1)
+        return F.conv2d(torch.cat([reflect_pad(z), reflect_pad(h)], dim=1), weight,
+                        self.conv_z.bias + self.conv_h.bias)
 
     def forward(
         self, z: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step. z: (N, C, H, W); state: (h, c) each (N, C, H, W) or None. Returns the new (h, c)."""
-        gates = self.conv_z(z)
+        ch = self.channels
         if state is None and self.first_step == "release":
-            i, _, o, g = gates.chunk(4, dim=1)
+            i, _, o, g = self.gates(z, None).split(ch, dim=1)
             c = torch.sigmoid(i) * torch.tanh(g)
             return torch.sigmoid(o) * c, c
-        if state is None:
-            h_prev = c_prev = torch.zeros_like(z[:, : self.channels])
+        if state is None:  # zero state: conv_h(0) is its bias
+            gates = self.conv_z(z) + self.conv_h.bias.view(1, -1, 1, 1)
+            c_prev = None
         else:
-            h_prev, c_prev = state
-        i, f, o, g = (gates + self.conv_h(h_prev)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+            gates = self.gates(z, state[0])
+            c_prev = state[1]
+        ifo, g = gates.split([3 * ch, ch], dim=1)  # split, not slices: its backward is one concatenation
+        i, f, o = torch.sigmoid(ifo).split(ch, dim=1)  # the three sigmoid gates in one pass
+        g = torch.tanh(g.contiguous(memory_format=_layout(gates)))
+        c = i * g if c_prev is None else torch.addcmul(f * c_prev, i, g)
+        return o * torch.tanh(c), c
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
 
 
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:

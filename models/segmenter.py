@@ -1,7 +1,7 @@
 """The auxiliary segmenter: DeepLabV3+ from segmentation-models-pytorch (paper) or the release's own network.
 
 The segmenter returns raw class scores (B, C, H, W): logits for DeepLabV3+, sigmoid outputs for the release's
-network (SPEC §6 row 8). Input: (B, 1, H, W) in [0, 1]. DeepLabV3+ needs H and W divisible by its output
+network (release row 8). Input: (B, 1, H, W) in [0, 1]. DeepLabV3+ needs H and W divisible by its output
 stride; :func:`pad_to_multiple` and :func:`segmenter_stride` give what callers need to pad and crop back.
 """
 from __future__ import annotations
@@ -76,10 +76,11 @@ def build_segmenter(
         encoder: any smp encoder name (default the light ``mobilenet_v2``).
         encoder_weights: None (random init), ``imagenet`` (needs the hub; falls back to random init with a
             warning when offline), or a path to a local state-dict file (full model or encoder only).
+        in_channels: input channels (1: gray images; an RGB ImageNet stem is summed over its channels).
         output: ``logits`` (default for DeepLabV3+) or ``sigmoid`` (default for the release network).
     """
     if arch == "release_mobilenetv2":
-        from models.release_segmenter import ReleaseSegmenter
+        from models.release.segmenter import ReleaseSegmenter
 
         model = ReleaseSegmenter(num_classes=num_classes, in_channels=in_channels, output=output or "sigmoid")
         if encoder_weights not in (None, "", "none"):
@@ -118,6 +119,17 @@ def segmenter_stride(segmenter: nn.Module) -> int:
     if hasattr(segmenter, "encoder") and hasattr(segmenter.encoder, "output_stride"):
         return int(segmenter.encoder.output_stride)
     return int(getattr(segmenter, "input_multiple", 1))
+
+
+def segment(segmenter: nn.Module, image: torch.Tensor, multiple: int | None = None) -> torch.Tensor:
+    """The segmenter's scores for images of any size: padded to its stride (or ``multiple``), run without
+    gradient, cropped back. The one pad-and-crop of the project.
+
+    image: (N, C_in, H, W) in [0, 1] → (N, C, H, W). The segmenter's mode (train/eval) is left as it is.
+    """
+    padded, (h, w) = pad_to_multiple(image, multiple or segmenter_stride(segmenter))
+    with torch.no_grad():
+        return segmenter(padded)[..., :h, :w]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

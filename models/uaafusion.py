@@ -6,11 +6,15 @@ One forward pass (Fig. 1):
   3. The fusion network runs its K stages; before each one, the path attention (Eq. 9–12) of the
      outputs so far gives A.
 Attribution uses an eval-mode scoring copy of the segmenter (paper) or the live segmenter in whatever mode
-it is in (release row 15); it is computed in float32 outside autocast, and all of it is detached.
+it is in (release row 15); it is computed in float32 (float64 for float64 inputs) outside autocast, and all of
+it is detached. With ``per_image=True`` (inference) the segmenter passes run one image at a time, so that a
+batch gives exactly what each image gives alone (batched convolutions round differently, and the ReLU/ratio of
+Eq. 8 can magnify such round-off; docs/DECISIONS.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -30,19 +34,29 @@ from models.segmenter import build_segmenter
 
 
 @dataclass
-class UAAFusionOutput:
-    """Everything one pass produces. Images (N, 1, H, W); ``regions`` (N, H, W) long."""
+class UAAFusionOutput(FusionOutput):
+    """Everything one pass produces: the fusion network's :class:`FusionOutput` (fused, initial, stages,
+    attention) and the attribution that steered it. Images (N, 1, H, W); ``regions`` (N, H, W) long;
+    ``a_ir``/``a_vi`` the region attributions before the ReLU, (N, C) per image or (C,) pooled (release row 5)."""
 
-    fused: torch.Tensor
-    initial: torch.Tensor
-    stages: list[torch.Tensor]
-    attention: list[torch.Tensor]
-    w_ir: torch.Tensor
-    w_vi: torch.Tensor
-    regions: torch.Tensor
-    a_ir: torch.Tensor
-    a_vi: torch.Tensor
-    extras: dict = field(default_factory=dict)
+    w_ir: torch.Tensor | None = None
+    w_vi: torch.Tensor | None = None
+    regions: torch.Tensor | None = None
+    a_ir: torch.Tensor | None = None
+    a_vi: torch.Tensor | None = None
+
+    def map_images(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> UAAFusionOutput:
+        """A copy with ``fn`` applied to every per-pixel tensor (images, maps, regions), e.g. a crop."""
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("a_ir", "a_vi") or value is None:
+                values[f.name] = value
+            elif isinstance(value, list):
+                values[f.name] = [fn(v) for v in value]
+            else:
+                values[f.name] = fn(value)
+        return UAAFusionOutput(**values)
 
 
 class UAAFusion(nn.Module):
@@ -89,10 +103,22 @@ class UAAFusion(nn.Module):
         return scores.argmax(dim=1), scores
 
     def attribute(
-        self, ir: torch.Tensor, vi: torch.Tensor, labels: torch.Tensor | None = None
+        self, ir: torch.Tensor, vi: torch.Tensor, labels: torch.Tensor | None = None, per_image: bool = False
     ) -> tuple[dict, PathAttention | None]:
-        """IG weights and the (not yet started) path attention for one batch. Float32, detached."""
+        """IG weights and the (not yet started) path attention for one batch. Float32 (or float64), detached.
+
+        ``per_image``: run the segmenter passes image by image (batch-invariant results) when the settings treat
+        batch items independently (not with the release's batch pooling, masked-mean score or train-mode IG).
+        """
         settings = self.attribution
+        couples_batch = (settings.region_pooling == "batch" or settings.attention_score == "masked_mean"
+                         or settings.segmenter_mode == "follow")
+        if per_image and ir.shape[0] > 1 and not couples_batch:
+            parts = [self.attribute(ir[i:i + 1], vi[i:i + 1], None if labels is None else labels[i:i + 1])
+                     for i in range(ir.shape[0])]
+            weights = {key: torch.cat([w[key] for w, _ in parts]) for key in parts[0][0]}
+            attentions = [a for _, a in parts]
+            return weights, (PerImageAttention(attentions) if attentions[0] is not None else None)
         scoring = self.scoring_model()
         initial = self.fusion.initial_estimate(ir, vi)
         if labels is None:
@@ -103,6 +129,7 @@ class UAAFusion(nn.Module):
             mask = region_one_hot(labels, self.num_classes, settings.ignore_index, ir.dtype)
         weights = ig_attribution_weights(scoring, ir, vi, regions, self.num_classes, settings)
         weights["regions"] = regions
+        weights["initial"] = initial
         attention = None
         if self.fusion.uses_attention:
             if settings.attention_score == "region":
@@ -111,17 +138,23 @@ class UAAFusion(nn.Module):
             else:
                 score_fn = masked_mean_score_fn(scoring, mask.detach(), settings.score_activation)
             attention = PathAttention(score_fn, settings.attention, settings.attention_substeps,
-                                      settings.attention_reduction)
+                                      settings.attention_reduction, settings.attention_initial_gradient,
+                                      settings.attention_normalize)
         return weights, attention
 
     # ------------------------------------------------------------------------------------ forward
 
-    def forward(self, ir: torch.Tensor, vi: torch.Tensor, labels: torch.Tensor | None = None) -> UAAFusionOutput:
-        """Fuse a batch. ir, vi: (N, 1, H, W) in [0, 1]; labels: (N, H, W) long (training) or None (inference)."""
+    def forward(
+        self, ir: torch.Tensor, vi: torch.Tensor, labels: torch.Tensor | None = None, per_image: bool = False
+    ) -> UAAFusionOutput:
+        """Fuse a batch. ir, vi: (N, 1, H, W) in [0, 1]; labels: (N, H, W) long (training) or None (inference,
+        regions from the segmenter); ``per_image``: batch-invariant attribution (see :meth:`attribute`)."""
         with torch.autocast(device_type=ir.device.type, enabled=False):
-            weights, attention = self.attribute(ir.float(), vi.float(), labels)
+            dtype = attribution_dtype(ir)
+            weights, attention = self.attribute(ir.to(dtype), vi.to(dtype), labels, per_image)
         out: FusionOutput = self.fusion(
-            ir, vi, weights["w_ir"], weights["w_vi"], _Float32Attention(attention) if attention else None
+            ir, vi, weights["w_ir"], weights["w_vi"], _FullPrecisionAttention(attention, dtype) if attention else None,
+            initial=weights["initial"],
         )
         return UAAFusionOutput(
             fused=out.fused, initial=out.initial, stages=out.stages, attention=out.attention,
@@ -130,20 +163,47 @@ class UAAFusion(nn.Module):
         )
 
 
-class _Float32Attention:
-    """Runs every attention gradient in float32 with autocast off, whatever the caller's context."""
+class PerImageAttention:
+    """Path attention of a batch computed image by image (one :class:`PathAttention` per image)."""
 
-    def __init__(self, inner: PathAttention) -> None:
-        self.inner = inner
+    def __init__(self, parts: list[PathAttention]) -> None:
+        self.parts = parts
 
     def start(self, initial: torch.Tensor) -> None:
-        self.inner.start(initial.float())
+        for i, part in enumerate(self.parts):
+            part.start(initial[i:i + 1])
 
     def observe(self, stage_output: torch.Tensor) -> None:
-        self.inner.observe(stage_output.float())
+        for i, part in enumerate(self.parts):
+            part.observe(stage_output[i:i + 1])
 
     def map_for_next_stage(self) -> torch.Tensor:
-        with torch.autocast(device_type=self.inner.path[0].device.type, enabled=False):
+        return torch.cat([part.map_for_next_stage() for part in self.parts])
+
+
+def attribution_dtype(image: torch.Tensor) -> torch.dtype:
+    """Attribution runs in float32 (float64 when the inputs are float64), never in a reduced precision."""
+    return torch.float64 if image.dtype == torch.float64 else torch.float32
+
+
+class _FullPrecisionAttention:
+    """Runs every attention gradient in float32 (or float64) with autocast off, whatever the caller's context."""
+
+    def __init__(self, inner: PathAttention, dtype: torch.dtype = torch.float32) -> None:
+        self.inner = inner
+        self.dtype = dtype
+        self.device_type = "cpu"
+
+    def start(self, initial: torch.Tensor) -> None:
+        self.device_type = initial.device.type
+        with torch.autocast(device_type=self.device_type, enabled=False):  # start may take a gradient (row 15)
+            self.inner.start(initial.to(self.dtype))
+
+    def observe(self, stage_output: torch.Tensor) -> None:
+        self.inner.observe(stage_output.to(self.dtype))
+
+    def map_for_next_stage(self) -> torch.Tensor:
+        with torch.autocast(device_type=self.device_type, enabled=False):
             return self.inner.map_for_next_stage()
 
 
@@ -151,9 +211,13 @@ def build_model(cfg: dict, num_classes: int) -> UAAFusion:
     """Build UAAFusion from the ``fusion``, ``segmenter`` and ``attribution`` blocks of a config dict.
 
     Each block's keys are the constructor arguments of :class:`UAAFusionNet`, :func:`build_segmenter` and
-    :class:`AttributionSettings`; an unknown key raises a TypeError naming it.
+    :class:`AttributionSettings`; an unknown key raises a TypeError naming it. The attribution's ignore index is
+    the dataset's (``data.ignore_index``, one key for labels, regions and L_seg).
     """
     fusion = UAAFusionNet(**cfg.get("fusion", {}))
     segmenter = build_segmenter(num_classes=num_classes, **cfg.get("segmenter", {}))
-    attribution = AttributionSettings(**cfg.get("attribution", {}))
+    attribution_cfg = dict(cfg.get("attribution", {}))
+    if "data" in cfg and "ignore_index" in cfg["data"]:
+        attribution_cfg.setdefault("ignore_index", cfg["data"]["ignore_index"])
+    attribution = AttributionSettings(**attribution_cfg)
     return UAAFusion(fusion, segmenter, num_classes, attribution)

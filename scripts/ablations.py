@@ -1,10 +1,10 @@
 """Tables III and IV: train every ablation / parameter config, fuse the test split with it, and print the fusion
 metrics beside the paper's numbers.
 
-    python scripts/ablations.py                                  # all of Table III and Table IV
-    python scripts/ablations.py --tables III                     # Table III only (8 ablations + the full model)
-    python scripts/ablations.py --only I VIII K3 S2 --set train.epochs=10
-    python scripts/ablations.py --list                           # the units and their config files
+    python -m scripts.ablations                                  # all of Table III and Table IV
+    python -m scripts.ablations --tables III                     # Table III only (8 ablations + the full model)
+    python -m scripts.ablations --only I VIII K3 S2 --set train.epochs=10
+    python -m scripts.ablations --list                           # the units and their config files
 
 Units (ids are case-insensitive):
 
@@ -35,30 +35,26 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from scripts.repro_common import (  # noqa: E402
+from scripts.repro_common import (
     FUSION_COLUMNS,
     OURS_SUFFIX,
     PUBLISHED_DIR,
     FusionModel,
     ReproError,
-    Section,
     add_common_args,
     config_fingerprint,
     evaluate_set,
     fuse_set,
     load_run_config,
     progress,
-    published_rows,
     run_cli,
     say,
     subset_pairs,
     train_config,
-    write_tables,
 )
+from scripts.repro_tables import Section, published_rows, write_tables
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = REPO_ROOT / "configs"
 TABLE3_PUBLISHED = PUBLISHED_DIR / "table3_ablation.yaml"

@@ -1,7 +1,7 @@
 """Time the naive and the fast class-wise IG weights (Eq. 5–8) in one process and compare their values.
 
-    python scripts/bench_attribution.py            # paper training shape: 8×1×128×128, 15 classes, M = 5
-    python scripts/bench_attribution.py --quick    # smaller shape, under a minute on 2 CPU cores
+    python -m scripts.bench_attribution            # paper training shape: 8×1×128×128, 15 classes, M = 5
+    python -m scripts.bench_attribution --quick    # smaller shape, under a minute on 2 CPU cores
 
 Baseline ("naive"): the segmenter in eval mode, one backward per class per step per modality
 (:func:`models.attribution.ig_region_attributions_naive`). Fast: one forward over both modalities and all
@@ -12,22 +12,19 @@ D = max |fast − naive| / max |naive|.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from models.attribution import (  # noqa: E402
+from engine.runtime import configure_threads, tune_allocator
+from models.attribution import (
     class_schedule,
     ig_region_attributions_fast,
     ig_region_attributions_naive,
     prepare_scoring_model,
     region_one_hot,
 )
-from models.segmenter import build_segmenter  # noqa: E402
+from models.segmenter import build_segmenter
 
 
 def blocky_regions(n: int, size: int, classes: int, per_image: int, generator: torch.Generator) -> torch.Tensor:
@@ -61,15 +58,19 @@ def main() -> None:
     parser.add_argument("--per-image", type=int, default=5, help="classes present in each image")
     parser.add_argument("--steps", type=int, default=5, help="M")
     parser.add_argument("--repeats", type=int, default=1, help="best of this many runs per method")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores)")
     parser.add_argument("--encoder", default="mobilenet_v2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunk", type=int, default=None,
                         help="images per forward in the fast form (default: the batch size; 0: all at once)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="float64 makes the naive-versus-fast difference a test of equality (float32's is "
+                             "round-off of an ill-conditioned computation; docs/DECISIONS.md)")
     args = parser.parse_args()
     batch = args.batch or (4 if args.quick else 8)
     size = args.size or (64 if args.quick else 128)
-    torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
+    tune_allocator()
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     device = torch.device(args.device)
@@ -79,15 +80,16 @@ def main() -> None:
         segmenter.train()
         for _ in range(3):
             segmenter(torch.rand(batch, 1, size, size, device=device))
-    segmenter.eval().requires_grad_(False)
-    ir = torch.rand(batch, 1, size, size, generator=gen).to(device)
-    vi = torch.rand(batch, 1, size, size, generator=gen).to(device)
+    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    segmenter.eval().requires_grad_(False).to(dtype)
+    ir = torch.rand(batch, 1, size, size, generator=gen, dtype=dtype).to(device)
+    vi = torch.rand(batch, 1, size, size, generator=gen, dtype=dtype).to(device)
     regions = blocky_regions(batch, size, args.classes, args.per_image, gen).to(device)
     onehot = region_one_hot(regions, args.classes, 255, ir.dtype)
     in_batch = int((onehot.sum(dim=(0, 2, 3)) > 0).sum())
     rounds = class_schedule(onehot).shape[0]
     print(f"shape {batch}×1×{size}×{size}, {args.classes} classes ({in_batch} in the batch, at most {rounds} per "
-          f"image), M = {args.steps}, {torch.get_num_threads()} threads, device {device}")
+          f"image), M = {args.steps}, {torch.get_num_threads()} threads, device {device}, {args.dtype}")
 
     def naive():
         return torch.stack([ig_region_attributions_naive(segmenter, im, regions, args.classes, args.steps)
@@ -111,7 +113,7 @@ def main() -> None:
     print(f"fast:  {rounds} backward passes per chunk of {per_chunk} images, {t_fast:.2f} s")
     rel = ((r_fast - r_naive).abs().max() / r_naive.abs().max()).item()
     print(f"attribution: naive {t_naive:.2f} s, fast {t_fast:.2f} s, speedup {t_naive / t_fast:.2f}x, "
-          f"max rel diff {rel:.2e}")
+          f"max rel diff {rel:.2e} ({args.dtype})")
 
 
 if __name__ == "__main__":

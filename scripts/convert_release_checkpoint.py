@@ -1,7 +1,7 @@
 """Convert the authors' release checkpoint (UAAFusion.pth) into a UAAFusion checkpoint of this project.
 
-    python scripts/convert_release_checkpoint.py UAAFusion.pth checkpoints/release.pt
-    python scripts/convert_release_checkpoint.py UAAFusion.pth OUT.pt --config configs/official_release.yaml
+    python -m scripts.convert_release_checkpoint UAAFusion.pth checkpoints/release.pt
+    python -m scripts.convert_release_checkpoint UAAFusion.pth OUT.pt --config configs/official_release.yaml
     python test.py --config configs/official_release.yaml --checkpoint checkpoints/release.pt \
         --ir DIR --vi DIR --out DIR
 
@@ -20,20 +20,19 @@ import hashlib
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from data.datasets import FMB_CLASSES  # noqa: E402
-from engine.checkpoint import save_checkpoint  # noqa: E402
-from engine.config import ConfigError, load_config  # noqa: E402
-from models.release_convert import (  # noqa: E402
+from data.datasets import FMB_CLASSES
+from engine.checkpoint import save_checkpoint
+from engine.config import ConfigError, load_config
+from models.release.convert import (
     ReleaseCheckpointError,
     convert_release_state,
     read_release_checkpoint,
     release_num_classes,
     release_profile_differences,
 )
-from models.uaafusion import build_model  # noqa: E402
+from models.uaafusion import build_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "official_release.yaml"
 
@@ -44,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("out", help="where to write the converted checkpoint (e.g. checkpoints/release.pt)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG),
                    help="config the model is built from and that is stored in the output (default: %(default)s)")
+    p.add_argument("--unsafe-unpickle", action="store_true",
+                   help="accept a file holding pickled objects besides tensors (runs code from it: trusted files only)")
     return p.parse_args(argv)
 
 
@@ -55,7 +56,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def convert_file(release_path: str | Path, out_path: str | Path, config: str | Path = DEFAULT_CONFIG) -> dict:
+def convert_file(release_path: str | Path, out_path: str | Path, config: str | Path = DEFAULT_CONFIG,
+                 allow_unsafe_unpickle: bool = False) -> dict:
     """Convert ``release_path`` into our checkpoint at ``out_path``; returns the written payload.
 
     Raises:
@@ -67,7 +69,7 @@ def convert_file(release_path: str | Path, out_path: str | Path, config: str | P
     if out_path.exists() and release_path.exists() and out_path.resolve() == release_path.resolve():
         raise ReleaseCheckpointError(f"refusing to overwrite the release checkpoint itself: {out_path}")
     cfg = load_config(config)
-    release = read_release_checkpoint(release_path)
+    release = read_release_checkpoint(release_path, allow_unsafe_unpickle)
     num_classes = release_num_classes(release, str(release_path))
     model = build_model(cfg, num_classes)
     state, unused = convert_release_state(release, model)
@@ -102,7 +104,7 @@ def convert_file(release_path: str | Path, out_path: str | Path, config: str | P
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        payload = convert_file(args.release, args.out, args.config)
+        payload = convert_file(args.release, args.out, args.config, args.unsafe_unpickle)
     except (ReleaseCheckpointError, ConfigError, OSError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

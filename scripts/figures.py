@@ -1,8 +1,8 @@
 """Figures 3 and 4 of the paper, and the per-stage outputs, for chosen images.
 
-    python scripts/figures.py --checkpoint runs/fmb/last.pt --data-root datasets/FMB --names 00524 00703 00920
-    python scripts/figures.py --checkpoint CKPT --ir IR_DIR --vi VI_DIR [--labels LABEL_DIR] --count 3
-    python scripts/figures.py --checkpoint CKPT --data-root datasets/FMB --names 00122 00997 \\
+    python -m scripts.figures --checkpoint runs/fmb/last.pt --data-root datasets/FMB --names 00524 00703 00920
+    python -m scripts.figures --checkpoint CKPT --ir IR_DIR --vi VI_DIR [--labels LABEL_DIR] --count 3
+    python -m scripts.figures --checkpoint CKPT --data-root datasets/FMB --names 00122 00997 \\
         --classes road sidewalk car person
 
 For every image (RESULTS/figures/<NAME>_*):
@@ -32,21 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.patches import Patch
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from scripts.repro_common import (  # noqa: E402
+from scripts.repro_common import (
     FusionModel,
     ReproError,
     add_common_args,
@@ -58,6 +50,9 @@ from scripts.repro_common import (  # noqa: E402
     say,
     warn,
 )
+
+plt.switch_backend("Agg")  # files only, no display
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 OUTPUTS = ("fig3.png", "fig4.png", "stages.png")
 
@@ -196,7 +191,7 @@ def compute_maps(model: Any, ir_path: Path, vi_path: Path, label_path: Path | No
 
 def palette(num_classes: int) -> np.ndarray:
     """(C, 3) float RGB class colours: the road-scene palette for up to 15 classes, tab20 beyond."""
-    from data.synthetic import LABEL_COLORS
+    from data.layouts import LABEL_COLORS
 
     if num_classes <= len(LABEL_COLORS):
         return LABEL_COLORS[:num_classes].astype(np.float32) / 255.0

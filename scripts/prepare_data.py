@@ -1,11 +1,11 @@
 """Put downloaded FMB, MSRS and RoadScene copies into the layouts the loaders read, check them, and cut the
 release's 256 x 256 training patches.
 
-    python scripts/prepare_data.py fmb DOWNLOAD --out datasets/FMB [--relabel unreduce] [--link]
-    python scripts/prepare_data.py msrs DOWNLOAD --out datasets/MSRS
-    python scripts/prepare_data.py roadscene DOWNLOAD --out datasets/RoadScene [--names list.txt | --max-pairs 50]
-    python scripts/prepare_data.py patches datasets/FMB --out datasets/FMB_patches256 [--size 256 --min-spread 0.1]
-    python scripts/prepare_data.py check datasets/FMB
+    python -m scripts.prepare_data fmb DOWNLOAD --out datasets/FMB [--relabel unreduce] [--link]
+    python -m scripts.prepare_data msrs DOWNLOAD --out datasets/MSRS
+    python -m scripts.prepare_data roadscene DOWNLOAD --out datasets/RoadScene [--names list.txt | --max-pairs 50]
+    python -m scripts.prepare_data patches datasets/FMB --out datasets/FMB_patches256 [--size 256 --min-spread 0.1]
+    python -m scripts.prepare_data check datasets/FMB
 
 Layouts written (the ones data/datasets.py reads):
 
@@ -39,13 +39,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from scripts.repro_common import (  # noqa: E402
+from scripts.repro_common import (
     ReproError,
     add_common_args,
     json_safe,
@@ -55,6 +51,8 @@ from scripts.repro_common import (  # noqa: E402
     say,
     warn,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 IR_NAMES = ("infrared", "ir", "cropinfrared", "inf", "thermal")
 VI_NAMES = ("visible", "vi", "rgb", "crop_lr_visible", "vis")
@@ -300,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pairs", type=int, default=None, help="keep the first N pairs (by name)")
     p.add_argument("--to-png", action="store_true", help="decode JPEGs and store them as PNG (same pixels)")
     p.add_argument("--link", action="store_true", help="symbolic links instead of copies")
-    p = command("patches", "cut the release's 256x256 training patches (SPEC row 10) into an FMB-layout folder")
+    p = command("patches", "cut the release's 256x256 training patches (release row 10) into an FMB-layout folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--size", type=int, default=256)

@@ -9,7 +9,8 @@
 - **Tables.** Published rows (``configs/published/*.yaml``) and ours side by side, printed and written as
   Markdown, JSON and CSV (:func:`write_tables`).
 
-The scripts import this module as ``scripts.repro_common`` after putting the repository root on ``sys.path``.
+The scripts run as modules from the repository root (``python -m scripts.NAME``) and import this one as
+``scripts.repro_common``.
 """
 from __future__ import annotations
 
@@ -27,12 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from metrics.report import write_csv, write_json
+from utils.atomic import atomic_write_text
 
-from metrics.report import format_table, json_number, load_published, write_csv, write_json  # noqa: E402
-from utils.atomic import atomic_write_text  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PUBLISHED_DIR = REPO_ROOT / "configs" / "published"
 DONE_MARKER = "_done.json"
@@ -233,7 +232,7 @@ def train_config(cfg: dict, run_dir: Path, *, results: Path, force: bool = False
             raise ReproError(f"{run_dir} holds an unfinished run of another config; pass --force to start over")
         say(f"resuming the interrupted run in {run_dir}")
     start = time.perf_counter()
-    history = Trainer(cfg, run_dir, resume=resume, show_progress=not quiet).fit()
+    history = Trainer(cfg, run_dir, resume=resume, show_progress=not quiet, overwrite=not resume).fit()
     mark_done(run_dir, {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 1),
                         "history": history})
     return run_dir / checkpoint
@@ -261,9 +260,9 @@ class FusionModel:
     def get(self) -> tuple[Any, dict, Any]:
         """(model in eval mode, resolved config, torch device); also fills :attr:`class_names`."""
         if self._loaded is None:
-            from engine.checkpoint import CheckpointError, load_checkpoint
+            from engine.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint
             from engine.config import ConfigError, load_config, merge
-            from engine.trainer import load_model_from_checkpoint, resolve_device
+            from engine.runtime import resolve_device
 
             try:
                 if self.config is not None:
@@ -317,7 +316,7 @@ def fuse_set(model: FusionModel, ir_dir: Path, vi_dir: Path, out_dir: Path, *, r
         True when fusion ran (metrics and anything trained on the old images are then stale), False when the
         folder was already finished with this checkpoint.
     """
-    from engine.fuse_folder import fuse_folder
+    from engine.fuse_folder import FuseSettings, fuse_folder
 
     out_dir = Path(out_dir)
     names = pair_names(ir_dir, vi_dir)
@@ -332,9 +331,10 @@ def fuse_set(model: FusionModel, ir_dir: Path, vi_dir: Path, out_dir: Path, *, r
         remove_output(out_dir, results)
     net, cfg, device = model.get()
     start = time.perf_counter()
-    report = fuse_folder(net, ir_dir, vi_dir, out_dir, device=device, output=cfg["test"]["output"],
-                         chroma=cfg["test"]["chroma"], tile=cfg["test"]["tile"], save_maps=save_maps,
-                         show_progress=not quiet, batch_size=cfg["test"]["batch_size"])
+    t = cfg["test"]
+    settings = FuseSettings(output=t["output"], chroma=t["chroma"], tile=t["tile"], max_memory_gb=t["max_memory_gb"],
+                            save_maps=save_maps, show_progress=not quiet, batch_size=t["batch_size"], amp=cfg["amp"])
+    report = fuse_folder(net, ir_dir, vi_dir, out_dir, settings, device=device)
     if not report.written:
         raise ReproError(f"nothing fused from {ir_dir} and {vi_dir}: "
                          + "; ".join(f"{n}: {r}" for n, r in report.failed[:3]))
@@ -435,95 +435,6 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-# ------------------------------------------------------------------------------------------------- tables
-
-
-@dataclass
-class Section:
-    """One printed table: published rows and ours with the same columns.
-
-    Attributes:
-        title: caption line (Markdown heading).
-        columns: column names, in order.
-        rows: row name → column → value (published rows first, then ours).
-        sources: row name → ``paper`` or ``ours``.
-        decimals: printed decimals.
-        note: an optional line printed under the table.
-    """
-
-    title: str
-    columns: list[str]
-    rows: dict[str, dict[str, float]] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
-    decimals: int = 3
-    note: str = ""
-
-    def add(self, name: str, values: Mapping[str, float], source: str) -> None:
-        """Append a row; column names are matched case-insensitively, missing ones stay empty."""
-        lookup = {k.lower(): v for k, v in values.items()}
-        self.rows[name] = {c: lookup.get(c.lower(), math.nan) for c in self.columns}
-        self.sources[name] = source
-
-    def add_published(self, rows: Mapping[str, Mapping[str, float]]) -> None:
-        """Append published rows, each named with the ``(paper)`` suffix."""
-        for name, values in rows.items():
-            self.add(name + PAPER_SUFFIX, values, "paper")
-
-    def render(self, style: str) -> str:
-        """The table in ``plain`` or ``markdown`` style (best / second best marked per column)."""
-        text = format_table(self.rows, self.columns, style=style, decimals=self.decimals,
-                            caption=f"### {self.title}" if style == "markdown" else self.title)
-        if self.note:
-            text += ("\n" if style == "markdown" else "") + self.note + "\n"
-        return text
-
-
-def published_rows(path: Path, dataset: str | None) -> dict[str, dict[str, float]]:
-    """Rows of one dataset of a published-table file; {} (with a warning) when the dataset is not in it."""
-    try:
-        return load_published(path, dataset)
-    except ValueError as err:
-        warn(f"no published rows: {err}")
-        return {}
-
-
-def write_tables(stem: Path, sections: Sequence[Section], meta: Mapping[str, Any], quiet: bool = False) -> list[Path]:
-    """Print the sections and write ``stem.md``, ``stem.json`` and ``stem.csv``.
-
-    JSON: ``{**meta, "sections": [{"title", "columns", "rows": {row: {"source", col: value}}}]}`` (NaN → null).
-    CSV: ``section,row,source,<all columns>``.
-
-    Returns:
-        The three written paths.
-    """
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for section in sections:
-        print(section.render("plain"), flush=True)
-    markdown = "\n".join(s.render("markdown") for s in sections)
-    md_path, json_path, csv_path = (stem.with_suffix(ext) for ext in (".md", ".json", ".csv"))
-    atomic_write_text(md_path, markdown)
-    document = {
-        **meta,
-        "sections": [
-            {"title": s.title, "columns": s.columns, "note": s.note,
-             "rows": {r: {"source": s.sources[r], **{c: json_number(v) for c, v in vals.items()}}
-                      for r, vals in s.rows.items()}}
-            for s in sections
-        ],
-    }
-    write_json(json_path, json_safe(document))
-    columns: list[str] = []
-    for s in sections:
-        columns += [c for c in s.columns if c not in columns]
-    rows = [[s.title, r, s.sources[r], *(vals.get(c, math.nan) for c in columns)]
-            for s in sections for r, vals in s.rows.items()]
-    write_csv(csv_path, ["section", "row", "source", *columns], rows)
-    if not quiet:
-        say(f"wrote {md_path}, {json_path.name}, {csv_path.name}")
-    return [md_path, json_path, csv_path]
-
-
 def run_cli(build_parser, run, argv: list[str] | None = None) -> int:
     """Parse ``argv`` with ``build_parser()`` and call ``run(args)``; a :class:`ReproError` becomes exit code 2."""
     args = build_parser().parse_args(argv)
@@ -532,3 +443,10 @@ def run_cli(build_parser, run, argv: list[str] | None = None) -> int:
     except ReproError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":
+    print(__doc__.strip())
+    print("\nThis module is the scripts' shared library and does nothing by itself; run one of: "
+          "python -m scripts.{table1_fusion,table2_segmentation,ablations,figures,prepare_data} --help")
+    sys.exit(0 if set(sys.argv[1:]) <= {"-h", "--help"} else 2)

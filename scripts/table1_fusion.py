@@ -1,10 +1,10 @@
 """Table I: the six fusion metrics of a checkpoint on FMB and on the MSRS / RoadScene generalisation sets, printed
 beside the paper's published rows.
 
-    python scripts/table1_fusion.py --checkpoint runs/fmb/last.pt \\
+    python -m scripts.table1_fusion --checkpoint runs/fmb/last.pt \\
         --fmb datasets/FMB --msrs datasets/MSRS --roadscene datasets/RoadScene
-    python scripts/table1_fusion.py --checkpoint CKPT --sets sets.yaml
-    python scripts/table1_fusion.py --checkpoint CKPT --pairs FMB IR_DIR VI_DIR --pairs MSRS IR_DIR VI_DIR
+    python -m scripts.table1_fusion --checkpoint CKPT --sets sets.yaml
+    python -m scripts.table1_fusion --checkpoint CKPT --pairs FMB IR_DIR VI_DIR --pairs MSRS IR_DIR VI_DIR
 
 ``--fmb ROOT`` uses ROOT/test/{Infrared,Visible}; ``--msrs ROOT`` ROOT/test/{ir,vi} (or ROOT/{ir,vi});
 ``--roadscene ROOT`` ROOT/{cropinfrared,crop_LR_visible} (or ROOT/{ir,vi}). A sets file (YAML) lists them freely:
@@ -37,31 +37,27 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import yaml
 
-import yaml  # noqa: E402
-
-from scripts.repro_common import (  # noqa: E402
+from scripts.repro_common import (
     FUSION_COLUMNS,
     OURS_SUFFIX,
     PUBLISHED_DIR,
     FusionModel,
     ReproError,
-    Section,
     add_common_args,
     add_config_args,
     evaluate_set,
     fuse_set,
     pair_names,
     progress,
-    published_rows,
     run_cli,
     safe_name,
     subset_pairs,
-    write_tables,
 )
+from scripts.repro_tables import Section, published_rows, write_tables
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_PUBLISHED = PUBLISHED_DIR / "table1_fusion.yaml"
 # (infrared, visible) sub-folders tried in order under a dataset root.

@@ -1,9 +1,9 @@
 """Table II: SegFormer retrained on each method's fused images (and on infrared / visible alone), scored on the test
 split with per-class Acc and IoU, mAcc and mIoU, printed beside the paper's published rows.
 
-    python scripts/table2_segmentation.py --data-root datasets/FMB --fuse UAAFusion=runs/fmb/last.pt \\
+    python -m scripts.table2_segmentation --data-root datasets/FMB --fuse UAAFusion=runs/fmb/last.pt \\
         --method TarDAL=fused/TarDAL [--method NAME=TRAIN_DIR,TEST_DIR ...]
-    python scripts/table2_segmentation.py --data-root datasets/FMB --method UAAFusion=results/fused_fmb \\
+    python -m scripts.table2_segmentation --data-root datasets/FMB --method UAAFusion=results/fused_fmb \\
         --epochs 2 --max-steps 50          # a quick budget
 
 Methods:
@@ -43,20 +43,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
-from scripts.repro_common import (  # noqa: E402
+from scripts.repro_common import (
     OURS_SUFFIX,
     PUBLISHED_DIR,
     FusionModel,
     ReproError,
-    Section,
     add_common_args,
     add_config_args,
     fuse_set,
@@ -64,15 +59,16 @@ from scripts.repro_common import (  # noqa: E402
     mark_done,
     parse_named,
     progress,
-    published_rows,
     read_json,
     read_marker,
     remove_output,
     run_cli,
     safe_name,
     say,
-    write_tables,
 )
+from scripts.repro_tables import Section, published_rows, write_tables
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_PUBLISHED = PUBLISHED_DIR / "table2_segmentation.yaml"
 PAPER_CLASSES = ("car", "person", "truck", "lamp", "sign", "building", "vegetation", "pole")
@@ -155,8 +151,8 @@ class LabelledImages(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from data.datasets import pad_to_min_size
         from data.io import read_image, read_label, to_tensor_1hw
+        from data.sampling import random_crop_flip, sample_seed
 
         stem, image_path, label_path = self.items[index]
         image = as_channels(read_image(image_path), self.in_channels)
@@ -165,16 +161,10 @@ class LabelledImages(Dataset):
             raise ReproError(f"{image_path} is {image.shape[1]}x{image.shape[0]} but its label {label_path} is "
                              f"{label.shape[1]}x{label.shape[0]}")
         label = np.where((label >= 0) & (label < self.num_classes), label, self.ignore_index)
-        if self.crop:
-            image = pad_to_min_size(image, self.crop)
-            label = pad_to_min_size(label, self.crop, mode="constant", value=self.ignore_index)
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            top = int(rng.integers(0, image.shape[0] - self.crop + 1))
-            left = int(rng.integers(0, image.shape[1] - self.crop + 1))
-            window = (slice(top, top + self.crop), slice(left, left + self.crop))
-            image, label = image[window], label[window]
-            if rng.random() < 0.5:
-                image, label = image[:, ::-1], label[:, ::-1]
+        if self.crop:  # the training crops of engine's datasets, horizontal flips only
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
+            image, _, label = random_crop_flip(image, image, label, self.crop, ignore_index=self.ignore_index,
+                                               generator=generator, vertical=False)
         return {"image": to_tensor_1hw(np.ascontiguousarray(image)),
                 "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)), "name": stem}
 
@@ -202,12 +192,10 @@ def poly_factor(step: int, total: int, settings: SegSettings) -> float:
 
 
 def autocast(settings: SegSettings, device: torch.device):
-    """bf16 autocast on CUDA when asked; otherwise a no-op."""
-    import contextlib
+    """The engine's autocast for ``settings.amp`` (bf16 on CUDA or a bf16-capable CPU; else none)."""
+    from engine.runtime import autocast_context
 
-    if settings.amp == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return autocast_context(settings.amp, device)
 
 
 def train_segformer(method: Method, labels: Path, num_classes: int, settings: SegSettings, run_dir: Path,
@@ -293,18 +281,16 @@ def predict(model: torch.nn.Module, method: Method, labels: Path, num_classes: i
             out_dir: Path, device: torch.device, ignore_index: int, quiet: bool) -> None:
     """Write the predicted class index (uint8 PNG) of every test image into ``out_dir``."""
     from data.io import write_image_atomic
-    from models.segmenter import pad_to_multiple
+    from models.segmenter import segment
 
     dataset = LabelledImages(method.test_dir, labels, num_classes, settings.in_channels, None, ignore_index)
     model.eval()
-    with torch.no_grad():
-        for index in progress(range(len(dataset)), f"predict {method.name}", quiet, unit="image"):
-            sample = dataset[index]
-            image, (h, w) = pad_to_multiple(sample["image"][None].to(device), SEGFORMER_MULTIPLE)
-            with autocast(settings, device):
-                logits = model(image)
-            pred = logits[0, :, :h, :w].argmax(dim=0).to("cpu", torch.uint8).numpy()
-            write_image_atomic(out_dir / f"{sample['name']}.png", pred)
+    for index in progress(range(len(dataset)), f"predict {method.name}", quiet, unit="image"):
+        sample = dataset[index]
+        with autocast(settings, device):
+            logits = segment(model, sample["image"][None].to(device), SEGFORMER_MULTIPLE)
+        pred = logits[0].argmax(dim=0).to("cpu", torch.uint8).numpy()
+        write_image_atomic(out_dir / f"{sample['name']}.png", pred)
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -423,7 +409,7 @@ def settings_from(args: argparse.Namespace) -> SegSettings:
 
 def run(args: argparse.Namespace) -> int:
     from data.datasets import build_dataset
-    from engine.trainer import resolve_device
+    from engine.runtime import resolve_device
     from metrics.report import write_json
     from metrics.segmentation import evaluate_seg_folders, summarise, table_rows
 

@@ -10,7 +10,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from engine.runtime import tune_allocator  # noqa: E402
+
 torch.set_num_threads(int(os.environ.get("UAAF_TEST_THREADS", "2")))
+tune_allocator()  # as the entry scripts do
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("UAAF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

@@ -1,0 +1,68 @@
+"""Turn a training checkpoint into a model file to ship: weights, config, classes and the training record, no
+optimiser or generator state (it fuses with test.py; it cannot resume training).
+
+    python -m scripts.export_model runs/mfnet/last.pt checkpoints/uaafusion_mfnet.pt [--half] [--note TEXT]
+
+``--half`` stores floating-point tensors in float16 (about half the size); loading restores float32. The
+output is written atomically and loads with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.config import ConfigError, apply_overrides
+
+KEPT = ("num_classes", "class_names", "history", "seed")
+
+
+def export(source: Path, target: Path, half: bool = False, note: str = "") -> dict:
+    """Write the shipped model file; returns its payload."""
+    payload = load_checkpoint(source)
+    for key in ("model", "config"):
+        if key not in payload:
+            raise CheckpointError(f"{source} has no '{key}' entry; not a training checkpoint")
+    weights = {k: (v.half() if half and torch.is_floating_point(v) else v).contiguous().clone()
+               for k, v in payload["model"].items()}
+    overflow = [k for k, v in weights.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if overflow:
+        raise CheckpointError(f"{source}: {len(overflow)} tensor(s) are not finite"
+                              + (" in float16 (values beyond ±65504); export without --half" if half else "")
+                              + f", e.g. {overflow[:3]}")
+    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    shipped = {"model": weights, "config": apply_overrides(payload["config"]),
+               **{k: payload[k] for k in KEPT if k in payload},
+               "exported_from": {"file": Path(source).name, "sha256": digest, "global_step": payload.get("global_step"),
+                                 "half": half, "note": note}}
+    save_checkpoint(target, shipped)
+    return shipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", type=Path, help="a train.py checkpoint (last.pt)")
+    p.add_argument("target", type=Path, help="the model file to write")
+    p.add_argument("--half", action="store_true", help="store floating-point tensors in float16")
+    p.add_argument("--note", default="", help="a line stored in the file (e.g. what the model was trained on)")
+    args = p.parse_args(argv)
+    if args.target.resolve() == args.source.resolve():
+        print("error: the target must differ from the source", file=sys.stderr)
+        return 2
+    try:
+        args.target.parent.mkdir(parents=True, exist_ok=True)
+        export(args.source, args.target, args.half, args.note)
+    except (CheckpointError, ConfigError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    size = args.target.stat().st_size / 2**20
+    print(f"wrote {args.target} ({size:.1f} MB{', float16 tensors' if args.half else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""Compare a checkpoint with the sources and a published method on labelled real scenes (docs/RESULTS.md).
+
+    python -m scripts.real_results --checkpoint checkpoints/uaafusion_mfnet.pt \\
+        --data ../shared/data/MSRS_labelled --out results/mfnet_msrs --figure docs/figures/mfnet_msrs_comparison.png
+
+The folder holds ``ir/``, ``vi/``, ``label/`` and optionally published outputs of other methods (``--method
+NAME=SUBFOLDER``, default ``SeAFusion=SeAFusion`` when that folder exists). It writes:
+
+- ``OUT/fused/`` (our colour outputs) and ``OUT/fused/maps/`` (w_ir, w_vi, attention per stage);
+- ``OUT/results.md`` and ``OUT/results.json``: the fusion metrics (paper convention) of infrared, visible, their
+  average, each published method and ours; and per-class IoU and mIoU of the checkpoint's own jointly trained
+  segmenter when it segments each of those images (its luminance) against the labels;
+- ``--figure``: for ``--count`` scenes (or ``--names``), infrared, visible, each method, ours, w_ir and the last
+  stage's attention map.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.io import luminance, read_image, read_label
+from data.layouts import MFNET_CLASSES
+from engine.checkpoint import CheckpointError, load_model_from_checkpoint
+from engine.fuse_folder import FuseSettings, fuse_folder
+from engine.runtime import prepare_process, resolve_device
+from metrics.evaluate import evaluate_folders
+from metrics.report import format_table
+from metrics.segmentation import class_scores, confusion_matrix
+from models.segmenter import segment
+from utils.atomic import atomic_write_text
+
+OURS = "UAAFusion (ours)"
+METRICS = ("EN", "SF", "CC", "VIF", "Qabf", "SSIM")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, type=Path, help="folder with ir/, vi/, label/ (and published outputs)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--method", action="append", default=None, metavar="NAME=SUBFOLDER",
+                   help="a published method's outputs inside --data (default: SeAFusion=SeAFusion if present)")
+    p.add_argument("--figure", type=Path, default=None, help="write the comparison figure here")
+    p.add_argument("--names", nargs="*", default=None, help="scenes for the figure (default: --count of them)")
+    p.add_argument("--count", type=int, default=3, help="scenes in the figure when --names is not given")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def published_methods(data: Path, given: list[str] | None) -> dict[str, Path]:
+    if given is None:
+        return {"SeAFusion": data / "SeAFusion"} if (data / "SeAFusion").is_dir() else {}
+    methods = {}
+    for item in given:
+        name, _, folder = item.partition("=")
+        if not folder:
+            raise ValueError(f"--method {item!r}: use NAME=SUBFOLDER")
+        methods[name] = data / folder
+        if not methods[name].is_dir():
+            raise FileNotFoundError(f"--method {name}: folder not found: {methods[name]}")
+    return methods
+
+
+def segmentation_scores(model, images: dict[str, dict[str, Path | np.ndarray]], labels: dict[str, Path],
+                        num_classes: int, ignore_index: int, device: torch.device) -> dict[str, dict]:
+    """Per image kind: per-class IoU and mIoU of the model's segmenter on that image's luminance."""
+    model.eval()
+    out = {}
+    for kind, per_scene in images.items():
+        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        for name, label_path in labels.items():
+            source = per_scene[name]
+            image = source if isinstance(source, np.ndarray) else luminance(read_image(source))
+            tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+            pred = segment(model.segmenter, tensor).argmax(dim=1)[0].cpu().numpy()
+            confusion += confusion_matrix(pred, read_label(label_path), num_classes, ignore_index)
+        _, iou = class_scores(confusion)
+        out[kind] = {"iou": [None if not np.isfinite(v) else float(v) for v in iou],
+                     "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")}
+    return out
+
+
+def comparison_figure(path: Path, names: list[str], data: Path, methods: dict[str, Path], fused: Path) -> None:
+    """Rows: scenes; columns: infrared, visible, each method, ours, w_ir, the last stage's attention."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ["infrared", "visible", *methods, OURS, "w_ir (attribution weight)", "attention, last stage"]
+    fig, axes = plt.subplots(len(names), len(columns), figsize=(2.6 * len(columns), 2.1 * len(names) + 0.4),
+                             squeeze=False)
+    for row, name in enumerate(names):
+        attention = sorted((fused / "maps").glob(f"{name}_att*.npy"), key=lambda p: int(p.stem.split("att")[-1]))
+        panels = [read_image(_find(data / "ir", name)), read_image(_find(data / "vi", name)),
+                  *(read_image(_find(folder, name)) for folder in methods.values()),
+                  read_image(_find(fused, name)),
+                  np.load(fused / "maps" / f"{name}_w_ir.npy"), np.load(attention[-1]) if attention else None]
+        for col, (title, panel) in enumerate(zip(columns, panels)):
+            ax = axes[row][col]
+            ax.axis("off")
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+            if panel is None:
+                continue
+            if title.startswith("w_ir"):
+                shown = ax.imshow(panel, cmap="inferno", vmin=0, vmax=1)
+            elif title.startswith("attention"):
+                shown = ax.imshow(panel, cmap="coolwarm", vmin=-np.abs(panel).max(), vmax=np.abs(panel).max())
+            else:
+                ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
+                shown = None
+            if shown is not None:
+                fig.colorbar(shown, ax=ax, fraction=0.035, pad=0.02)
+        axes[row][0].text(-0.04, 0.5, name, transform=axes[row][0].transAxes, rotation=90, va="center",
+                          ha="right", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _find(folder: Path, name: str) -> Path:
+    matches = sorted(p for p in folder.glob(f"{name}.*") if p.is_file())
+    if not matches:
+        raise FileNotFoundError(f"no image named '{name}.*' in {folder}")
+    return matches[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    prepare_process(args.threads)
+    device = resolve_device(args.device)
+    data, out = args.data, args.out
+    for sub in ("ir", "vi", "label"):
+        if not (data / sub).is_dir():
+            raise FileNotFoundError(f"{data / sub} not found (expected {data}/{{ir,vi,label}})")
+    methods = published_methods(data, args.method)
+    model, payload = load_model_from_checkpoint(args.checkpoint, device=device)
+    cfg = payload["config"]
+    num_classes = model.num_classes
+    class_names = payload.get("class_names") or (list(MFNET_CLASSES) if num_classes == 9 else
+                                                 [f"class{i}" for i in range(num_classes)])
+
+    fused = out / "fused"
+    report = fuse_folder(model, data / "ir", data / "vi", fused,
+                         FuseSettings(save_maps=True, show_progress=not args.quiet), device=device)
+    if not report.written:
+        raise RuntimeError(f"nothing was fused from {data}")
+
+    fusion = evaluate_folders(data / "ir", data / "vi", {**{k: str(v) for k, v in methods.items()},
+                                                         OURS: str(fused)},
+                              convention="paper", references=True, progress=not args.quiet)
+    rows = fusion.comparison().means
+    fusion_md = format_table(rows, list(METRICS), style="markdown", decimals=3, rank_rows=[*methods, OURS],
+                             caption=f"Fusion metrics on {len(fusion.per_image.get(OURS, {}))} scenes of {data.name} "
+                                     "(paper convention)")
+
+    labels = {p.stem: p for p in sorted((data / "label").iterdir()) if p.is_file()}
+    labels = {k: v for k, v in labels.items() if k in report.written}
+    images: dict[str, dict] = {"infrared": {}, "visible": {}, "average": {}}
+    for name in labels:
+        ir, vi = luminance(read_image(_find(data / "ir", name))), luminance(read_image(_find(data / "vi", name)))
+        images["infrared"][name], images["visible"][name], images["average"][name] = ir, vi, 0.5 * (ir + vi)
+    for method, folder in {**methods, OURS: fused}.items():
+        images[method] = {name: _find(folder, name) for name in labels}
+    seg = segmentation_scores(model, images, labels, num_classes, cfg["data"]["ignore_index"], device)
+    seg_rows = {kind: {**{class_names[c]: s["iou"][c] if s["iou"][c] is not None else float("nan")
+                          for c in range(num_classes)}, "mIoU": s["miou"]} for kind, s in seg.items()}
+    seg_md = format_table(seg_rows, [*class_names, "mIoU"], style="markdown", decimals=3,
+                          caption="IoU of the checkpoint's jointly trained segmenter on each image kind")
+
+    names = args.names or sorted(labels)[:: max(len(labels) // max(args.count, 1), 1)][:args.count]
+    if args.figure:
+        comparison_figure(args.figure, names, data, methods, fused)
+    document = {"checkpoint": str(args.checkpoint), "data": str(data), "scenes": sorted(labels),
+                "fusion_means": rows, "fusion_per_image": fusion.per_image, "segmentation": seg,
+                "class_names": class_names, "figure": str(args.figure) if args.figure else None,
+                "figure_scenes": names, "failed": report.failed}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(_clean(document), indent=1))
+    atomic_write_text(out / "results.md", fusion_md + "\n" + seg_md)
+    print(fusion_md + "\n" + seg_md)
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}" + (f", {args.figure}" if args.figure else ""))
+    return 0 if report.ok else 1
+
+
+def _clean(value):
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (CheckpointError, OSError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

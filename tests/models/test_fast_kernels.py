@@ -1,0 +1,126 @@
+"""The fusion network's fast kernels compute the same function as the straightforward ones.
+
+Fast: channels-last layout with slice-copy reflect padding, and the ConvLSTM's two convolutions stacked into one.
+Reference: contiguous layout, ``F.pad``, two convolutions and a sum (``UAAFusionNet.use_reference_kernels``).
+Compared in float64 (values and every parameter gradient), plus a float32 round-off bound at the paper's 5 stages.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.blocks import ConvLSTMCell, reflect_pad
+from models.fusion_net import UAAFusionNet
+
+
+class SineAttention:
+    """A deterministic, non-trivial attention map per stage."""
+
+    def start(self, initial):
+        self.initial, self.k = initial, 0
+
+    def map_for_next_stage(self):
+        self.k += 1
+        return torch.sin(7.0 * self.k * self.initial)
+
+    def observe(self, output):
+        pass
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 4, 2, 2), (2, 8, 7, 3)])
+def test_reflect_pad_channels_last_is_f_pad(shape):
+    x = _channels_last(torch.randn(*shape, dtype=torch.float64)).requires_grad_(True)
+    fast, ref = reflect_pad(x), F.pad(x, (1, 1, 1, 1), mode="reflect")
+    assert torch.equal(fast, ref)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(fast)
+    (g_fast,) = torch.autograd.grad(fast, x, grad)
+    (g_ref,) = torch.autograd.grad(ref, x, grad)
+    torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-14)
+    assert torch.autograd.gradcheck(reflect_pad, (x,))
+
+
+def test_reflect_pad_other_layouts_use_f_pad():
+    x = torch.randn(2, 3, 4, 5)
+    assert torch.equal(reflect_pad(x), F.pad(x, (1, 1, 1, 1), mode="reflect"))
+    with pytest.raises(RuntimeError):  # too small to reflect: PyTorch's own error, whatever the layout
+        reflect_pad(_channels_last(torch.randn(1, 3, 1, 5)))
+
+
+def test_stacked_convlstm_equals_two_convolutions():
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(4).double()
+    z, h, c = (torch.randn(2, 4, 6, 5, dtype=torch.float64) for _ in range(3))
+    outs = {}
+    for stacked in (True, False):
+        cell.stacked = stacked
+        cell.zero_grad()
+        h2, c2 = cell(z, (h, c))
+        (h2.sum() + c2.square().sum()).backward()
+        outs[stacked] = (h2, c2, [p.grad.clone() for p in cell.parameters()])
+    for a, b in zip(outs[True][:2], outs[False][:2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    for a, b in zip(outs[True][2], outs[False][2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def _run(net, inputs, attention=True):
+    ir, vi, w_ir = inputs
+    net.zero_grad()
+    out = net(ir, vi, w_ir, 1 - w_ir, SineAttention() if attention else None)
+    (out.fused.square().sum() + sum(s.sum() for s in out.stages)).backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return out.fused.detach(), grads
+
+
+@pytest.mark.parametrize("switches", [{}, {"lstm_first_step": "release", "gradient_step": False, "rho_init": 0.001},
+                                      {"attention": False}, {"long_memory": False}, {"short_memory": False}])
+def test_fast_and_reference_kernels_agree_in_float64(switches):
+    torch.manual_seed(0)
+    net = UAAFusionNet(stages=3, channels=8, **switches).double()
+    g = torch.Generator().manual_seed(1)
+    inputs = [torch.rand(2, 1, 9, 7, generator=g, dtype=torch.float64) for _ in range(3)]
+    fast_out, fast_grads = _run(net, inputs)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters() if p.dim() == 4)
+    net.use_reference_kernels()
+    assert all(p.is_contiguous() for p in net.parameters())
+    ref_out, ref_grads = _run(net, inputs)
+    torch.testing.assert_close(fast_out, ref_out, rtol=0, atol=1e-14)
+    assert fast_grads.keys() == ref_grads.keys()
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_paper_network_fast_kernels_float32_round_off():
+    """The paper's 5-stage, 32-channel network: float32 outputs agree to round-off (measured ~6e-8)."""
+    torch.manual_seed(0)
+    net = UAAFusionNet().eval()
+    g = torch.Generator().manual_seed(2)
+    ir, vi, w_ir = (torch.rand(1, 1, 24, 20, generator=g) for _ in range(3))
+    with torch.no_grad():
+        fast = net(ir, vi, w_ir, 1 - w_ir, SineAttention()).fused
+        net.use_reference_kernels()
+        ref = net(ir, vi, w_ir, 1 - w_ir, SineAttention()).fused
+    torch.testing.assert_close(fast, ref, rtol=0, atol=2e-6)
+
+
+def test_layout_survives_state_dict_round_trips():
+    torch.manual_seed(0)
+    fast = UAAFusionNet(stages=2, channels=8)
+    plain = UAAFusionNet(stages=2, channels=8, channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    fast.load_state_dict(plain.state_dict())
+    assert all(p.is_contiguous() for p in plain.parameters())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.parameters() if p.dim() == 4)
+    ir, vi, w = (torch.rand(1, 1, 8, 8) for _ in range(3))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ir, vi, w, 1 - w).fused, plain(ir, vi, w, 1 - w).fused, rtol=0, atol=1e-6)
+    fast.use_reference_kernels().use_reference_kernels(False)  # back to the configured layout
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.parameters() if p.dim() == 4)
+    plain.use_reference_kernels(False)
+    assert all(p.is_contiguous() for p in plain.parameters())

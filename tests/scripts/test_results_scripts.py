@@ -1,0 +1,93 @@
+"""The real-data comparison, the demo and the model export, on tiny generated folders with a tiny model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from engine.config import load_config
+from models.uaafusion import build_model
+from scripts import demo, export_model, real_results
+from tests.helpers.factories import TINY_MODEL, gray, pair_folders, write_image, write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    """root/{ir,vi,label,SeAFusion} with three 48×64 scenes and 9 classes, like ../shared/data/MSRS_labelled."""
+    root = tmp_path_factory.mktemp("labelled")
+    names = ["00001D", "00002N", "00003D"]
+    pair_folders(root, names, h=48, w=64)
+    for i, name in enumerate(names):
+        write_image(root / "label" / f"{name}.png", (gray(40 + i, 48, 64) % 9).astype(np.uint8))
+        write_image(root / "SeAFusion" / f"{name}.png", np.dstack([gray(60 + i, 48, 64)] * 3))
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", num_classes=9)
+
+
+def test_real_results_writes_tables_json_and_figure(labelled, checkpoint, tmp_path, capsys):
+    out, figure = tmp_path / "out", tmp_path / "fig.png"
+    code = real_results.main(["--checkpoint", str(checkpoint), "--data", str(labelled), "--out", str(out),
+                              "--figure", str(figure), "--count", "2", "--quiet"])
+    assert code == 0
+    assert figure.stat().st_size > 1000 and (out / "fused" / "maps").is_dir()
+    document = json.loads((out / "results.json").read_text())
+    rows = document["fusion_means"]
+    assert list(rows) == ["infrared", "visible", "average", "SeAFusion", real_results.OURS]
+    assert set(rows[real_results.OURS]) >= set(real_results.METRICS)
+    seg = document["segmentation"]
+    assert set(seg) == {"infrared", "visible", "average", "SeAFusion", real_results.OURS}
+    assert all(len(s["iou"]) == 9 and 0 <= s["miou"] <= 1 for s in seg.values())
+    text = (out / "results.md").read_text()
+    assert "SeAFusion" in text and "mIoU" in text and "person" in text
+    assert len(document["figure_scenes"]) == 2
+
+
+def test_real_results_names_a_missing_folder(checkpoint, tmp_path, capsys):
+    assert real_results.main(["--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out",
+                              str(tmp_path / "out")]) == 2
+    assert "ir not found" in capsys.readouterr().err
+
+
+def test_demo_fuses_the_samples_and_prints_the_table(labelled, checkpoint, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo.main(["--checkpoint", str(checkpoint), "--samples", str(labelled), "--out", str(out),
+                      "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for row in ("infrared", "visible", "average", "SeAFusion", real_results.OURS):
+        assert row in printed
+    assert sorted(p.name for p in (out / "fused").glob("*.png")) == ["00001D.png", "00002N.png", "00003D.png"]
+    assert (out / "comparison.png").is_file() and (out / "metrics.json").is_file()
+    assert demo.main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
+    assert "is missing" in capsys.readouterr().err
+
+
+def test_export_keeps_the_model_and_drops_the_training_state(tmp_path):
+    cfg = load_config(None, TINY_MODEL)
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=4)
+    source = tmp_path / "last.pt"
+    save_checkpoint(source, {"model": model.state_dict(), "config": cfg, "num_classes": 4, "class_names": list("abcd"),
+                             "optimizers": {"joint": {"state": {}}}, "rng": {"torch": torch.get_rng_state()},
+                             "history": [{"epoch": 1, "loss_total": 0.5}], "global_step": 7})
+    for half in (False, True):
+        target = tmp_path / f"shipped_{half}.pt"
+        assert export_model.main([str(source), str(target)] + (["--half"] if half else [])) == 0
+        payload = torch.load(target, weights_only=True)
+        assert "optimizers" not in payload and "rng" not in payload and payload["history"][0]["epoch"] == 1
+        assert payload["exported_from"]["global_step"] == 7
+        dtypes = {v.dtype for v in payload["model"].values() if torch.is_floating_point(v)}
+        assert dtypes == ({torch.float16} if half else {torch.float32})
+        loaded, _ = load_model_from_checkpoint(target)
+        assert all(p.dtype == torch.float32 for p in loaded.parameters())  # float16 files load as float32
+        for key, value in model.state_dict().items():
+            tolerance = 1e-3 * max(value.abs().max().item(), 1.0) if half else 0.0
+            torch.testing.assert_close(loaded.state_dict()[key].to(value.dtype), value, rtol=0, atol=tolerance)
+    assert load_checkpoint(tmp_path / "shipped_False.pt")["class_names"] == list("abcd")

@@ -11,7 +11,7 @@ Layouts written (the ones data/datasets.py reads):
 
     FMB        OUT/{train,test}/{Infrared,Visible,Label}/NAME.*      (15 classes; 0 = unlabeled)
     MSRS       OUT/{train,test}/{ir,vi,Segmentation_labels}/NAME.*    (9 classes)
-    RoadScene  OUT/{ir,vi}/NAME.*                                     (no labels)
+    RoadScene  OUT/{cropinfrared,crop_LR_visible}/NAME.*             (no labels; the roadscene layout)
     patches    OUT/train/{Infrared,Visible,Label}/NAME_y{top}_x{left}.png, OUT/patches.csv
 
 A download's sub-folders are found by name, case-insensitively: infrared in Infrared / ir / IR / infrared /
@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from data.layouts import DATASET_NAMES, LAYOUTS
 from scripts.repro_common import (
     ReproError,
     add_common_args,
@@ -57,7 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 IR_NAMES = ("infrared", "ir", "cropinfrared", "inf", "thermal")
 VI_NAMES = ("visible", "vi", "rgb", "crop_lr_visible", "vis")
 LABEL_NAMES = ("label", "labels", "segmentation_labels", "segmentation_label", "mask", "masks")
-LAYOUT_FOLDERS = {"fmb": ("Infrared", "Visible", "Label"), "msrs": ("ir", "vi", "Segmentation_labels")}
+LAYOUT_FOLDERS = {name: LAYOUTS[name].folders for name in ("fmb", "msrs")}  # from the one table, data/layouts.py
 NUM_CLASSES = {"fmb": 15, "msrs": 9}
 RELABELS = ("none", "unreduce", "ignore-to-unlabeled")
 IGNORE = 255
@@ -177,7 +178,8 @@ def _palette(path: Path) -> bool:
 
 
 def convert_roadscene(src: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """RoadScene: cropinfrared / crop_LR_visible (or ir / vi) → OUT/{ir,vi}, optionally a named subset."""
+    """RoadScene: cropinfrared / crop_LR_visible (or ir / vi) → OUT in the ``roadscene`` layout of data/layouts.py
+    (OUT/cropinfrared, OUT/crop_LR_visible), optionally a named subset."""
     import cv2
 
     from data.datasets import pair_files
@@ -200,8 +202,9 @@ def convert_roadscene(src: Path, out: Path, args: argparse.Namespace) -> dict[st
     if args.max_pairs is not None:
         pairs = pairs[: args.max_pairs]
     written = 0
+    ir_out, vi_out, _ = LAYOUTS["roadscene"].folders
     for pair in progress(pairs, "roadscene", args.quiet, unit="pair"):
-        for path, sub in ((pair.ir, "ir"), (pair.vi, "vi")):
+        for path, sub in ((pair.ir, ir_out), (pair.vi, vi_out)):
             if args.to_png and path.suffix.lower() != ".png":
                 target = out / sub / f"{pair.name}.png"
                 if args.force or not target.exists():
@@ -292,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--relabel", default="none", choices=RELABELS, help="rewrite label values (see above)")
         p.add_argument("--classes", type=int, default=None, help=f"number of classes (default {NUM_CLASSES[kind]})")
         p.add_argument("--link", action="store_true", help="symbolic links instead of copies for unchanged files")
-    p = command("roadscene", "convert RoadScene (cropinfrared / crop_LR_visible) into ir / vi folders")
+    p = command("roadscene", "copy RoadScene (cropinfrared / crop_LR_visible, or ir / vi) into the roadscene layout")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--names", type=Path, help="text file of the pairs to keep (e.g. the 50-pair test set)")
     p.add_argument("--max-pairs", type=int, default=None, help="keep the first N pairs (by name)")
@@ -307,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relative-to", default="p90", choices=["p90", "range"],
                    help="spread relative to the patch's 90th percentile (release) or to the [0, 1] range")
     p = command("check", "run data.check on a dataset folder")
-    p.add_argument("--layout", default="auto", choices=["auto", "fmb", "msrs", "roadscene", "folders"])
+    p.add_argument("--layout", default="auto", choices=["auto", *DATASET_NAMES])
     for p in sub.choices.values():
         p.add_argument("--ignore-index", type=int, default=IGNORE,
                        help="label value accepted besides the classes in the check (default 255; -1: none)")
@@ -330,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
         layout = args.command
     elif args.command == "roadscene":
         stats = convert_roadscene(source, out, args)
-        layout = "folders"
+        layout = "roadscene"
     elif args.command == "patches":
         stats = cut_patches(source, out, args)
         layout = "fmb"

@@ -269,5 +269,9 @@ def test_prepare_data_relabels_repacks_cuts_patches_and_converts_roadscene(syn_r
     names.write_text("FLIR_00002.jpg\nFLIR_00000  # two of three\n")
     assert prepare_data.main(["roadscene", str(roadscene), "--out", str(tmp_path / "RS"), "--names", str(names),
                               "--to-png", *common]) == 0
-    assert sorted(p.name for p in (tmp_path / "RS" / "vi").iterdir()) == ["FLIR_00000.png", "FLIR_00002.png"]
+    assert sorted(p.name for p in (tmp_path / "RS" / "crop_LR_visible").iterdir()) == ["FLIR_00000.png",
+                                                                                        "FLIR_00002.png"]
+    from data.layouts import detect_layout
+
+    assert detect_layout(tmp_path / "RS") == "roadscene"  # one layout, one name: written, detected and loaded alike
     assert prepare_data.main(["roadscene", str(roadscene), "--out", str(roadscene), *common]) == 2

@@ -372,13 +372,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
         cfg = merge(cfg, _drop_merged_keys(_read_yaml(Path(path))))
+    return check_values(_with_overrides(cfg, overrides))
+
+
+def _with_overrides(cfg: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value
         for key in reversed(keys):
             nested = {key: nested}
         cfg = merge(cfg, nested)
-    return check_values(cfg)
+    return cfg
 
 
 def apply_overrides(cfg: dict, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -388,13 +392,7 @@ def apply_overrides(cfg: dict, overrides: list[str] | tuple[str, ...] = ()) -> d
     older version) take their defaults.
     """
     out = merge(copy.deepcopy(DEFAULTS), _drop_merged_keys(_migrate_saved(cfg)))
-    for text in overrides:
-        keys, value = parse_override(text)
-        nested: Any = value
-        for key in reversed(keys):
-            nested = {key: nested}
-        out = merge(out, nested)
-    return check_values(out)
+    return check_values(_with_overrides(out, overrides))
 
 
 def load_saved_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:

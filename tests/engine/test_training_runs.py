@@ -19,6 +19,7 @@ from engine.run_folder import RunFolderError, RunFolderLock
 from engine.trainer import Trainer, TrainingInterrupted
 from tests.helpers.factories import tiny_train_config
 from tests.helpers.scripts import REPO, train_cli
+from tests.helpers.toy_models import CreatesFileWhenUnpickled
 
 RUN = ["train.epochs=2", "train.max_steps_per_epoch=2", "data.val_pairs=1"]
 
@@ -187,20 +188,11 @@ def test_disk_full_while_checkpointing_exits_4_and_names_the_file(synthetic_root
 def test_code_in_a_checkpoint_is_never_run(tmp_path):
     marker = tmp_path / "created_on_load"
     path = tmp_path / "evil.pt"
-    torch.save({"format": "uaafusion-checkpoint-v1", "payload": _CreatesFile(str(marker))}, path)
+    torch.save({"format": "uaafusion-checkpoint-v1", "payload": CreatesFileWhenUnpickled(str(marker))}, path)
     with pytest.raises(CheckpointError, match=r"refused[\s\S]*never loaded"):
         load_checkpoint(path)
     assert not marker.exists()
 
-
-class _CreatesFile:
-    """Unpickling this creates a file: the stand-in for a checkpoint that runs code on load."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def test_checkpoints_hold_only_tensors_and_plain_values(synthetic_root, tmp_path):

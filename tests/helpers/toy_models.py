@@ -30,3 +30,13 @@ class TinyConvSegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class CreatesFileWhenUnpickled:
+    """Unpickling this creates a file: the stand-in for a checkpoint that runs code on load."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

@@ -41,6 +41,7 @@ from models.uaafusion import UAAFusion, build_model
 from scripts import convert_release_checkpoint as converter
 from tests.helpers.release_keys import read_key_listing, synthetic_release_checkpoint
 from tests.helpers.scripts import test_cli
+from tests.helpers.toy_models import CreatesFileWhenUnpickled
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE_CONFIG = REPO / "configs" / "official_release.yaml"
@@ -323,20 +324,11 @@ def test_pickled_objects_are_refused_unless_explicitly_allowed(release, tmp_path
 def test_a_release_file_that_runs_code_is_never_executed(release, tmp_path):
     marker = tmp_path / "created_on_load"
     path = tmp_path / "evil.pth"
-    torch.save({**release, "payload": _CreatesFile(str(marker))}, path)
+    torch.save({**release, "payload": CreatesFileWhenUnpickled(str(marker))}, path)
     with pytest.raises(ReleaseCheckpointError, match="refused"):
         read_release_checkpoint(path)
     assert not marker.exists()
 
-
-class _CreatesFile:
-    """Unpickling this creates a file: the stand-in for a checkpoint that runs code on load."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def test_paper_segmenter_does_not_take_release_weights(release):

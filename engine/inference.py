@@ -44,16 +44,24 @@ def tile_for_budget(height: int, width: int, budget_bytes: int | None, batch: in
     return max(side, MIN_TILE)
 
 
-def _fuse_padded(model: UAAFusion, ir: torch.Tensor, vi: torch.Tensor, labels: torch.Tensor | None,
-                 amp: str) -> UAAFusionOutput:
+def pad_inputs(model: UAAFusion, ir: torch.Tensor, vi: torch.Tensor, labels: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+    """Reflect-pad (N, 1, H, W) sources to the segmenter's stride (labels with the ignore index: padding is no
+    region); returns (ir, vi, labels, (H, W)) for cropping back. The release's own segmenter needs no padding."""
     if min(ir.shape[-2:]) < 2:
         raise ValueError(f"image of {ir.shape[-1]}x{ir.shape[-2]} pixels is too small to fuse (at least 2x2)")
-    multiple = segmenter_stride(model.segmenter)  # the release's own segmenter runs unpadded (multiple 1)
+    multiple = segmenter_stride(model.segmenter)
     ir_p, (h, w) = pad_to_multiple(ir, multiple)
     vi_p, _ = pad_to_multiple(vi, multiple)
-    if labels is not None and labels.shape[-2:] != ir_p.shape[-2:]:  # padding is no region
+    if labels is not None and labels.shape[-2:] != ir_p.shape[-2:]:
         pad = (0, ir_p.shape[-1] - w, 0, ir_p.shape[-2] - h)
         labels = F.pad(labels, pad, value=model.attribution.ignore_index)
+    return ir_p, vi_p, labels, (h, w)
+
+
+def _fuse_padded(model: UAAFusion, ir: torch.Tensor, vi: torch.Tensor, labels: torch.Tensor | None,
+                 amp: str) -> UAAFusionOutput:
+    ir_p, vi_p, labels, (h, w) = pad_inputs(model, ir, vi, labels)
     with torch.no_grad(), autocast_context(amp, ir.device):
         out = model(ir_p, vi_p, labels=labels, per_image=True)
     dtype = torch.float64 if ir.dtype == torch.float64 else torch.float32

@@ -35,7 +35,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.patches import Patch
 
 from scripts.repro_common import (
@@ -126,24 +125,22 @@ def compute_maps(model: Any, ir_path: Path, vi_path: Path, label_path: Path | No
     ``output`` turns the fused image into display values as test.py does (``clamp`` or ``stretch``).
     """
     from data.io import float_to_uint8, load_fusion_pair, read_label, recombine_color
+    from engine.inference import pad_inputs
     from models.attribution import apply_score_activation, region_one_hot
-    from models.segmenter import pad_to_multiple, segmenter_stride
 
     sample = load_fusion_pair(ir_path, vi_path)
     ir = torch.from_numpy(sample["ir"])[None, None].to(device)
     vi = torch.from_numpy(sample["vi_y"])[None, None].to(device)
-    multiple = segmenter_stride(model.segmenter)
-    ir_p, (h, w) = pad_to_multiple(ir, multiple)
-    vi_p, _ = pad_to_multiple(vi, multiple)
     labels = None
     settings = model.attribution
     if label_path is not None:
         label = torch.from_numpy(read_label(label_path))
-        if tuple(label.shape) != (h, w):
-            raise ReproError(f"label {label_path} is {label.shape[1]}x{label.shape[0]}, image is {w}x{h}")
-        label = torch.where((label >= 0) & (label < model.num_classes), label, settings.ignore_index)
-        labels = F.pad(label[None], (0, ir_p.shape[-1] - w, 0, ir_p.shape[-2] - h),
-                       value=settings.ignore_index).to(device)
+        if tuple(label.shape) != tuple(ir.shape[-2:]):
+            raise ReproError(f"label {label_path} is {label.shape[1]}x{label.shape[0]}, image is "
+                             f"{ir.shape[-1]}x{ir.shape[-2]}")
+        labels = torch.where((label >= 0) & (label < model.num_classes), label, settings.ignore_index)[None]
+        labels = labels.to(device)
+    ir_p, vi_p, labels, (h, w) = pad_inputs(model, ir, vi, labels)
     with torch.no_grad():
         out = model(ir_p, vi_p, labels)
     k_stages = len(out.stages)

@@ -503,7 +503,8 @@ def float_to_uint8(image: np.ndarray, mode: Literal["clamp", "stretch"] = "clamp
     return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths are one file or folder: by identity (device and inode) when both exist, else by path."""
     try:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)
@@ -566,7 +567,7 @@ def write_image_atomic(
     """
     path = Path(path)
     for protected in forbid:
-        if _same_file(path, Path(protected)):
+        if same_file(path, Path(protected)):
             raise ImageWriteError(f"refusing to write '{path}': it is an input file ('{protected}')")
     if not path.suffix:
         raise ImageWriteError(f"cannot choose an image format for '{path}': the name has no extension")

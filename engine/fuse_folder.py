@@ -8,7 +8,6 @@ partner, a size mismatch or an unreadable file is reported by name and skipped. 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from data.io import (
     load_fusion_pair,
     read_label,
     recombine_color,
+    same_file,
 )
 from engine.inference import MIN_TILE, TILE_OVERLAP, fuse, tile_for_budget
 from models.uaafusion import UAAFusion, UAAFusionOutput
@@ -168,18 +168,10 @@ def pair_outputs(out_dir: Path, name: str, sample: dict, result: UAAFusionOutput
     return files
 
 
-def _is_same_folder(a: Path, b: Path) -> bool:
-    """Same folder by identity (device and inode: catches bind mounts and links), else by resolved path."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
-
-
 def _check_not_inputs(files: dict[Path, bytes], inputs: list[Path]) -> None:
     for path in files:
         for source in inputs:
-            if path.exists() and _is_same_folder(path, source) or path.resolve() == source.resolve():
+            if same_file(path, source):
                 raise ImageWriteError(f"refusing to write '{path}': it is an input file ('{source}')")
 
 
@@ -216,7 +208,7 @@ def fuse_folder(
     for folder in (ir_dir, vi_dir):
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"input folder not found: {folder}")
-        if out_dir.exists() and _is_same_folder(out_dir, Path(folder)) or out_dir.resolve() == Path(folder).resolve():
+        if same_file(out_dir, Path(folder)):
             raise ValueError(f"output folder {out_dir} is an input folder ({folder}); choose another --out")
     pairs, problems = pair_files(ir_dir, vi_dir)
     for problem in problems:

@@ -447,18 +447,22 @@ def _gradient_root_mean(gx: np.ndarray, gy: np.ndarray) -> float:
     return total
 
 
+def _gradient_buffers(fused: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image as float and two reused (H, W) buffers for its differences; H, W >= 2."""
+    f = _as_float(fused)
+    h, w = f.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"AG needs at least 2x2 pixels, got {w}x{h}")
+    return f, _WS.get("ag_x", f.shape), _WS.get("ag_y", f.shape)
+
+
 def average_gradient(fused: np.ndarray) -> float:
     """AG, as :func:`metrics.direct.average_gradient` (``numpy.gradient``'s differences, written into buffers).
 
     Args:
         fused: (H, W) with H, W >= 2.
     """
-    f = _as_float(fused)
-    h, w = f.shape
-    if h < 2 or w < 2:
-        raise ValueError(f"AG needs at least 2x2 pixels, got {w}x{h}")
-    gx = _WS.get("ag_x", f.shape)
-    gy = _WS.get("ag_y", f.shape)
+    f, gx, gy = _gradient_buffers(fused)
     np.subtract(f[:, 2:], f[:, :-2], out=gx[:, 1:-1])
     gx[:, 1:-1] *= 0.5
     np.subtract(f[:, 1], f[:, 0], out=gx[:, 0])
@@ -476,12 +480,8 @@ def average_gradient_forward(fused: np.ndarray) -> float:
     Args:
         fused: (H, W) with H, W >= 2.
     """
-    f = _as_float(fused)
+    f, gx, gy = _gradient_buffers(fused)
     h, w = f.shape
-    if h < 2 or w < 2:
-        raise ValueError(f"AG needs at least 2x2 pixels, got {w}x{h}")
-    gx = _WS.get("ag_x", f.shape)
-    gy = _WS.get("ag_y", f.shape)
     np.subtract(f[:, 1:], f[:, :-1], out=gx[:, :-1])
     gx[:, -1] = 0.0
     np.subtract(f[1:, :], f[:-1, :], out=gy[:-1, :])

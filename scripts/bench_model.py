@@ -36,6 +36,7 @@ from engine.runtime import autocast_context, configure_threads, reset_allocator,
 from losses import LossSettings, UAAFusionLoss
 from models.segmenter import pad_to_multiple, segmenter_stride
 from models.uaafusion import UAAFusion, build_model
+from scripts.bench_attribution import blocky_regions
 
 PAPER_CONFIG = "configs/fmb_paper.yaml"
 
@@ -165,20 +166,6 @@ def train_once(model: UAAFusion, optimizer, criterion, ir, vi, labels, clock: Cl
     return terms["total"].detach().float()
 
 
-def blocky_labels(n: int, h: int, w: int, classes: int, per_image: int, seed: int = 0) -> torch.Tensor:
-    """Label maps of rectangles with ``per_image`` classes each (like real scenes: few classes per image)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.empty(n, h, w, dtype=torch.long)
-    for i in range(n):
-        chosen = torch.randperm(classes, generator=g)[:per_image]
-        labels[i] = chosen[0]
-        for c in chosen[1:]:
-            y0 = int(torch.randint(0, h - h // 4, (1,), generator=g))
-            x0 = int(torch.randint(0, w - w // 4, (1,), generator=g))
-            labels[i, y0:y0 + h // 3, x0:x0 + w // 3] = c
-    return labels
-
-
 def conv_peak_gflops(device: torch.device) -> float:
     """GFLOP/s of one large 3×3, 64→64 convolution (channels-last, float32): a practical ceiling."""
     x = torch.rand(1, 64, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
@@ -263,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     stride = segmenter_stride(model.segmenter)  # fusing pads to the segmenter's stride (engine.inference)
     fuse_ir, fuse_vi = (pad_to_multiple(x, stride)[0] for x in (fuse_ir, fuse_vi))
     train_ir, train_vi = (torch.rand(batch, 1, patch, patch, generator=g).to(device) for _ in range(2))
-    labels = blocky_labels(batch, patch, patch, args.classes, args.per_image).to(device)
+    labels = blocky_regions(batch, patch, args.classes, args.per_image, torch.Generator().manual_seed(0)).to(device)
 
     variants = [] if args.no_baseline or device.type == "cuda" else ["baseline"]
     variants.append("fast")

@@ -25,11 +25,11 @@ from models.attribution import (
     apply_score_activation,
     ig_attribution_weights,
     masked_mean_score_fn,
-    prepare_scoring_model,
     region_one_hot,
     region_score_fn,
 )
 from models.fusion_net import FusionOutput, UAAFusionNet
+from models.scoring import prepare_scoring_model
 from models.segmenter import build_segmenter
 
 
@@ -88,9 +88,11 @@ class UAAFusion(nn.Module):
         """The network attribution differentiates (see the module docstring)."""
         if self.attribution.segmenter_mode == "follow":
             return self.segmenter
-        key = (self._weights_version(), self.attribution.fold_batchnorm)
+        settings = self.attribution
+        key = (self._weights_version(), settings.fold_batchnorm, settings.fast_scoring)
         if self._scoring_cache is None or self._scoring_cache[0] != key:
-            self._scoring_cache = (key, prepare_scoring_model(self.segmenter, self.attribution.fold_batchnorm))
+            scoring = prepare_scoring_model(self.segmenter, settings.fold_batchnorm, settings.fast_scoring)
+            self._scoring_cache = (key, scoring)
         return self._scoring_cache[1]
 
     def predict_regions(

@@ -7,9 +7,11 @@
 
 Variants, run in this order in one process (random weights, BatchNorm statistics warmed up):
 
-- ``baseline``: the code path before the speed work: glibc's default allocator, contiguous layout and the literal
-  two-convolution ConvLSTM (``UAAFusionNet.use_reference_kernels``).
-- ``fast``: what the project runs (allocator tuned by ``engine.runtime``, channels-last, stacked ConvLSTM).
+- ``baseline``: the code path before the speed work: glibc's default allocator, contiguous layout, the literal
+  two-convolution ConvLSTM (``UAAFusionNet.use_reference_kernels``) and attribution on a scoring copy with the
+  segmenter's own layers (``attribution.fast_scoring: false``).
+- ``fast``: what the project runs (allocator tuned by ``engine.runtime``, channels-last, stacked ConvLSTM, the
+  fast scoring copy of ``models.scoring``).
 - ``fast+bf16`` (with ``--amp bf16``): the same under autocast; attribution stays in float32.
 
 Per variant and phase: seconds (best of ``--repeats``), GFLOP counted by ``torch.utils.flop_counter`` (convolutions
@@ -259,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     peak = conv_peak_gflops(device)
     print(f"device {device}, {threads} threads, {args.classes} classes; conv ceiling {peak:.0f} GFLOP/s "
           f"(3×3 64→64 at 256², channels-last)")
+    if "fuse" in what:  # the IG weights take one backward pass per class present in the fused image's regions
+        regions, _ = model.eval().predict_regions(model.fusion.initial_estimate(fuse_ir, fuse_vi))
+        print(f"fuse: the segmenter finds {int(regions.unique().numel())} classes in the {w}×{h} pair")
     results: dict[str, dict[str, PhaseTimes]] = {}
     for variant in variants:
         if variant == "baseline":
@@ -267,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             tune_allocator()
         model.load_state_dict(state)
         model.fusion.use_reference_kernels(variant == "baseline")
+        model.attribution.fast_scoring = variant != "baseline"
         amp = "bf16" if variant.endswith("bf16") else "none"
         results[variant] = {}
         if "fuse" in what:

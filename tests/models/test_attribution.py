@@ -15,10 +15,10 @@ from models.attribution import (
     ig_region_attributions_fast,
     ig_region_attributions_naive,
     input_gradient,
-    prepare_scoring_model,
     region_one_hot,
     region_score_fn,
 )
+from models.scoring import prepare_scoring_model
 from models.segmenter import build_segmenter
 from tests.helpers.toy_models import PixelPolynomial, TinyConvSegmenter
 
@@ -112,7 +112,7 @@ def deeplab64():
 
 
 def test_fast_equals_naive_on_deeplab_float64(deeplab64):
-    scoring = prepare_scoring_model(deeplab64, fold_batchnorm=False)
+    scoring = prepare_scoring_model(deeplab64, fold_batchnorm=False, fast=False)  # the segmenter's own layers
     ir, vi = torch.rand(2, 3, 1, 32, 32, dtype=torch.float64)
     regions = _regions(3, 32, 32, 4, seed=1)
     regions[2] = 1  # one image with a single class: fewer passes than the others

@@ -1,0 +1,208 @@
+"""The network attribution differentiates: an eval-mode, gradient-free copy of the segmenter, prepared for speed.
+
+Attribution runs the segmenter's forward and backward passes about 10 + 10·R times per fused image (IG weights
+over R classes) plus once per stage (path attention), always in float32, so these passes dominate fusing on a CPU
+(docs/PERFORMANCE.md). The copy made here computes the same function with fewer memory passes; every change is
+exact in real arithmetic and tested in float64 against the segmenter's own layers:
+
+- BatchNorm folded into the convolution before it (also inside separable convolutions, as in DeepLabV3+'s ASPP);
+- channels-last layout, where oneDNN's depthwise convolutions run several times faster;
+- depthwise convolutions with a large dilation (DeepLabV3+'s atrous rates 12, 24, 36 on a 1/16-resolution map)
+  computed as a sum of shifted taps over the valid windows (:class:`ShiftedTapDepthwise`): oneDNN pads such
+  maps by the dilation on every side and runs a slow path, and at 640×480 most taps fall entirely outside;
+- gradients kept channels-last: a concatenation's backward hands each input a channel slice of its gradient,
+  on which PyTorch's upsampling and convolution backward kernels take slow paths (the decoder's upsampling
+  backward: 10 ms on a slice against 2.7 ms after a copy, at 640×480), so every module's output gradient is
+  made channels-last-contiguous before the module's backward runs (:func:`keep_gradients_channels_last_`);
+- the final bilinear upsampling exposed (:meth:`ScoringNetwork.linear_head`), so that weighted sums of class
+  scores over regions (Eq. 5, Eq. 9) are taken on the low-resolution logits against the upsampling's adjoint
+  applied to the region masks (``models.attribution.ScoreSums``), skipping the full-resolution upsampling and
+  its backward pass.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+TAP_MIN_DILATION = 12  # measured: from here on the tap sum is at least as fast as oneDNN's dilated kernel
+
+
+def fold_batchnorm_(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d that directly follows a convolution inside a Sequential (in place).
+
+    The convolution may be the last layer of a nested Sequential (a separable convolution). Returns ``module``.
+    """
+    for child in module.children():
+        fold_batchnorm_(child)
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            owner, key = module, first
+            while isinstance(owner._modules[key], nn.Sequential) and len(owner._modules[key]) > 0:
+                owner, key = owner._modules[key], list(owner._modules[key]._modules)[-1]
+            conv, bn = owner._modules[key], module._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                owner._modules[key] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+                module._modules[second] = nn.Identity()
+    return module
+
+
+# ------------------------------------------------------------------------ dilated depthwise convolutions
+
+
+def shifted_tap_sum(x: torch.Tensor, weight: torch.Tensor, dilation: int, flip: bool = False) -> torch.Tensor:
+    """A 3×3 depthwise convolution with zero padding = dilation (output size = input size), tap by tap.
+
+    out[n, c, i, j] = Σ_{a,b ∈ {-1,0,1}} w[c, 0, a+1, b+1] · x[n, c, i + a·d, j + b·d], terms outside x left out.
+    ``flip``: the adjoint (offsets negated), which is the gradient with respect to x. x: (N, C, H, W); weight
+    (C, 1, 3, 3). Each tap is one multiply-add over the window where it lands inside the image.
+    """
+    _, channels, height, width = x.shape
+    sign = -1 if flip else 1
+    out = torch.mul(x, weight[:, 0, 1, 1].view(1, channels, 1, 1))
+    for a in (-1, 0, 1):
+        for b in (-1, 0, 1):
+            dy, dx = sign * a * dilation, sign * b * dilation
+            if (a, b) == (0, 0) or abs(dy) >= height or abs(dx) >= width:
+                continue
+            rows_out, rows_in = slice(max(0, -dy), height - max(0, dy)), slice(max(0, dy), height - max(0, -dy))
+            cols_out, cols_in = slice(max(0, -dx), width - max(0, dx)), slice(max(0, dx), width - max(0, -dx))
+            out[:, :, rows_out, cols_out].addcmul_(x[:, :, rows_in, cols_in],
+                                                    weight[:, 0, a + 1, b + 1].view(1, channels, 1, 1))
+    return out
+
+
+class _ShiftedTaps(torch.autograd.Function):
+    """:func:`shifted_tap_sum` with its adjoint as the input gradient (the weight is a constant)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.dilation = dilation
+        return shifted_tap_sum(x, weight, dilation)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        return shifted_tap_sum(grad, weight, ctx.dilation, flip=True), None, None
+
+
+class ShiftedTapDepthwise(nn.Module):
+    """Drop-in for a frozen 3×3 depthwise ``nn.Conv2d`` with padding = dilation (see :func:`shifted_tap_sum`)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if not is_tap_depthwise(conv, min_dilation=1):
+            raise ValueError(f"not a 3x3 same-size depthwise convolution: {conv}")
+        self.dilation = conv.dilation[0]
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _ShiftedTaps.apply(x, self.weight, self.dilation)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
+def is_tap_depthwise(conv: nn.Module, min_dilation: int = TAP_MIN_DILATION) -> bool:
+    """Whether ``conv`` is a 3×3 depthwise convolution with equal dilations ≥ ``min_dilation`` keeping the size."""
+    return (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels
+            and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding_mode == "zeros"
+            and conv.dilation[0] == conv.dilation[1] >= min_dilation
+            and tuple(conv.padding) == tuple(conv.dilation))
+
+
+def replace_dilated_depthwise_(module: nn.Module, min_dilation: int = TAP_MIN_DILATION) -> int:
+    """Swap every qualifying depthwise convolution for a :class:`ShiftedTapDepthwise` (in place); returns the count."""
+    count = 0
+    for name, child in list(module._modules.items()):
+        if is_tap_depthwise(child, min_dilation):
+            module._modules[name] = ShiftedTapDepthwise(child)
+            count += 1
+        elif child is not None:
+            count += replace_dilated_depthwise_(child, min_dilation)
+    return count
+
+
+# ------------------------------------------------------------------------------------ gradient layout
+
+
+def _channels_last_gradient(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last) if grad.dim() == 4 else grad
+
+
+def _guard_output_gradient(module: nn.Module, inputs: tuple, output: object) -> None:
+    if isinstance(output, torch.Tensor) and output.requires_grad:
+        output.register_hook(_channels_last_gradient)
+
+
+def keep_gradients_channels_last_(module: nn.Module) -> nn.Module:
+    """Make the gradient reaching every submodule's output channels-last-contiguous (a no-op when it already is)."""
+    for child in module.modules():
+        child.register_forward_hook(_guard_output_gradient)
+    return module
+
+
+# ------------------------------------------------------------------------------------ the scoring copy
+
+
+class ScoringNetwork(nn.Module):
+    """An eval-mode, gradient-free copy of a segmenter for attribution; call it like the segmenter.
+
+    Args:
+        segmenter: maps (B, 1, H, W) to class scores (B, C, H, W).
+        fold_batchnorm: fold BatchNorm into the convolutions.
+        fast: channels-last layout and gradients, shifted-tap dilated depthwise convolutions and the exposed
+            linear head (module docstring); False keeps the segmenter's own layers and layout.
+    """
+
+    def __init__(self, segmenter: nn.Module, fold_batchnorm: bool = True, fast: bool = True) -> None:
+        super().__init__()
+        net = copy.deepcopy(segmenter).eval()
+        net.requires_grad_(False)
+        if fold_batchnorm:
+            fold_batchnorm_(net)
+        self.fast = fast
+        if fast:
+            replace_dilated_depthwise_(net)
+            net = keep_gradients_channels_last_(net.to(memory_format=torch.channels_last))
+        self.net = net
+        self.train(False)
+
+    def train(self, mode: bool = True) -> ScoringNetwork:
+        """Always eval mode: attribution's exactness relies on batch items being independent."""
+        return super().train(False)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.fast and x.dim() == 4 else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (B, C, H, W) of images (B, 1, H, W), as the segmenter computes them."""
+        return self.net(self._input(x))
+
+    def linear_head(self) -> nn.Module | None:
+        """The final upsampling when the scores are a linear upsampling of :meth:`logits` (smp models whose head
+        applies no activation, ``fast`` only); None otherwise."""
+        head = getattr(self.net, "segmentation_head", None)
+        if not self.fast or not isinstance(head, nn.Sequential) or len(head) != 3:
+            return None
+        activation = getattr(head[2], "activation", head[2])
+        if getattr(self.net, "classification_head", None) is not None or not isinstance(activation, nn.Identity):
+            return None
+        upsample = head[1]
+        if isinstance(upsample, nn.Upsample) and upsample.mode in ("nearest", "bilinear", "bicubic"):
+            return upsample
+        return upsample if isinstance(upsample, nn.Identity) else None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The scores before the head's final upsampling, (B, C, h, w); only when :meth:`linear_head` is not None."""
+        x = self._input(x)
+        if hasattr(self.net, "check_input_shape"):
+            self.net.check_input_shape(x)
+        return self.net.segmentation_head[0](self.net.decoder(self.net.encoder(x)))
+
+
+def prepare_scoring_model(segmenter: nn.Module, fold_batchnorm: bool = True, fast: bool = True) -> ScoringNetwork:
+    """An eval-mode, gradient-free copy of ``segmenter`` for attribution (see :class:`ScoringNetwork`)."""
+    return ScoringNetwork(segmenter, fold_batchnorm, fast)

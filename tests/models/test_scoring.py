@@ -1,0 +1,156 @@
+"""The scoring copy of models/scoring.py computes the segmenter's function: every layer it changes (folded BatchNorm,
+shifted-tap dilated depthwise convolutions, channels-last gradients, the exposed linear head) is checked against
+the segmenter's own layers in float64, values and input gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import attribution
+from models.attribution import (
+    ScoreSums,
+    ig_region_attributions_fast,
+    ig_region_attributions_naive,
+    region_one_hot,
+    region_score_fn,
+)
+from models.scoring import (
+    ScoringNetwork,
+    ShiftedTapDepthwise,
+    fold_batchnorm_,
+    prepare_scoring_model,
+    shifted_tap_sum,
+)
+from models.segmenter import build_segmenter
+from tests.helpers.factories import TINY_MODEL
+
+# (H, W, dilation): every tap live, vertical taps outside (d ≥ H), horizontal outside (d ≥ W), only the centre
+TAP_CASES = [(9, 11, 2), (5, 13, 6), (13, 5, 6), (4, 4, 5), (7, 7, 3)]
+
+
+@pytest.mark.parametrize(("height", "width", "dilation"), TAP_CASES)
+def test_shifted_tap_sum_equals_dilated_depthwise_convolution(height, width, dilation):
+    g = torch.Generator().manual_seed(height * 31 + width)
+    x = torch.randn(2, 3, height, width, generator=g, dtype=torch.float64)
+    weight = torch.randn(3, 1, 3, 3, generator=g, dtype=torch.float64)
+    expected = F.conv2d(x, weight, padding=dilation, dilation=dilation, groups=3)
+    torch.testing.assert_close(shifted_tap_sum(x, weight, dilation), expected, rtol=0, atol=1e-14)
+    # the flipped form is the adjoint: <conv(x), y> = <x, conv_flipped(y)>
+    y = torch.randn_like(expected)
+    lhs = (expected * y).sum()
+    rhs = (x * shifted_tap_sum(y, weight, dilation, flip=True)).sum()
+    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-12)
+
+
+def test_shifted_tap_module_matches_conv_with_bias_and_gradient():
+    conv = nn.Conv2d(4, 4, 3, padding=3, dilation=3, groups=4).double().requires_grad_(False)
+    module = ShiftedTapDepthwise(conv)
+    x = torch.randn(1, 4, 8, 10, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(module(x), conv(x), rtol=0, atol=1e-14)
+    assert torch.autograd.gradcheck(module, (x,))
+    (grad,) = torch.autograd.grad(module(x).pow(2).sum(), x)
+    (expected,) = torch.autograd.grad(conv(x).pow(2).sum(), x)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="depthwise"):
+        ShiftedTapDepthwise(nn.Conv2d(4, 8, 3, padding=3, dilation=3, groups=4))
+
+
+def test_fold_batchnorm_reaches_into_separable_convolutions():
+    torch.manual_seed(0)
+    separable = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False), nn.Conv2d(6, 5, 1, bias=False))
+    block = nn.Sequential(separable, nn.BatchNorm2d(5), nn.ReLU()).double()
+    with torch.no_grad():  # non-trivial statistics and affine parameters
+        block[1].running_mean.uniform_(-1, 1)
+        block[1].running_var.uniform_(0.5, 2)
+        block[1].weight.uniform_(0.5, 1.5)
+        block[1].bias.uniform_(-1, 1)
+    block.eval()
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64)
+    expected = block(x)
+    fold_batchnorm_(block)
+    assert isinstance(block[1], nn.Identity) and block[0][1].bias is not None
+    torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-13)
+
+
+@pytest.fixture(scope="module")
+def deeplab():
+    """DeepLabV3+ (MobileNetV2) in float64 with warmed-up BatchNorm statistics."""
+    torch.manual_seed(0)
+    seg = build_segmenter(4, encoder="mobilenet_v2").double()
+    with torch.no_grad():
+        seg.train()
+        seg(torch.rand(4, 1, 64, 64, dtype=torch.float64))
+    return seg.eval()
+
+
+def test_scoring_network_computes_the_segmenter(deeplab):
+    """At 224×224 the ASPP map is 14×14: rate 12 has live taps, rates 24 and 36 only their centre."""
+    fast = prepare_scoring_model(deeplab)
+    assert sum(isinstance(m, ShiftedTapDepthwise) for m in fast.modules()) == 3
+    assert not any(p.requires_grad for p in fast.parameters())
+    fast.train()
+    assert not fast.training and not fast.net.training  # attribution needs eval mode whatever callers do
+    x = torch.rand(2, 1, 224, 224, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        expected = deeplab(x)
+    torch.testing.assert_close(fast(x), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast.linear_head()(fast.logits(x)), expected, rtol=1e-10, atol=1e-12)
+    weights = torch.randn_like(expected)
+    (grad,) = torch.autograd.grad((fast(x) * weights).sum(), x)
+    (reference,) = torch.autograd.grad((deeplab(x) * weights).sum(), x)
+    assert (grad - reference).abs().max() <= 1e-10 * reference.abs().max()
+    assert prepare_scoring_model(deeplab, fast=False).linear_head() is None
+
+
+def test_score_sums_on_logits_equal_full_resolution_sums(deeplab):
+    fast, plain = prepare_scoring_model(deeplab), prepare_scoring_model(deeplab, fast=False)
+    regions = torch.randint(0, 4, (3, 64, 96))
+    regions[:, :5] = 255
+    onehot = region_one_hot(regions, 4, 255, torch.float64)
+    index = torch.tensor([2, 0, 2])
+    x = torch.rand(3, 1, 64, 96, dtype=torch.float64, requires_grad=True)
+    on_logits, on_scores = ScoreSums(fast, onehot), ScoreSums(plain, onehot)
+    assert on_logits.upsample is not None and on_scores.upsample is None
+    got, expected = on_logits(x, index), on_scores(x, index)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    (grad,) = torch.autograd.grad(got[:, 1].sum(), x)
+    (reference,) = torch.autograd.grad(expected[:, 1].sum(), x)
+    assert (grad - reference).abs().max() <= 1e-10 * reference.abs().max()
+    assert ScoreSums(fast, onehot, activation="softmax").upsample is None  # not linear: full resolution
+
+
+def test_fast_ig_on_the_scoring_copy_equals_naive_on_the_segmenter(deeplab):
+    regions = torch.randint(0, 4, (2, 64, 64), generator=torch.Generator().manual_seed(4))
+    ir, vi = torch.rand(2, 2, 1, 64, 64, dtype=torch.float64)
+    fast = ig_region_attributions_fast(prepare_scoring_model(deeplab), [ir, vi], regions, 4, 2, chunk=1)
+    naive = torch.stack([ig_region_attributions_naive(deeplab, im, regions, 4, 2) for im in (ir, vi)])
+    assert (fast - naive).abs().max() <= 1e-10 * naive.abs().max()
+
+
+def test_attention_score_gradient_on_the_scoring_copy(deeplab):
+    """Eq. 9's score with sub-step samples stacked along the batch (2 samples of 2 images)."""
+    regions = torch.randint(0, 4, (2, 64, 64), generator=torch.Generator().manual_seed(5))
+    x = torch.rand(4, 1, 64, 64, dtype=torch.float64)
+    got = attribution.input_gradient(region_score_fn(prepare_scoring_model(deeplab), regions, 4), x)
+    expected = attribution.input_gradient(region_score_fn(deeplab, regions, 4), x)
+    assert (got - expected).abs().max() <= 1e-10 * expected.abs().max()
+
+
+def test_the_model_attributes_with_the_fast_form_in_training_mode(monkeypatch):
+    """The scoring copy is an nn.Module outside the model's tree: it must stay in eval mode, or the attribution
+    would silently fall back to the naive loop."""
+    from engine.config import load_config
+    from models.uaafusion import build_model
+
+    model = build_model(load_config(None, TINY_MODEL), num_classes=3).train()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the naive loop ran")
+
+    monkeypatch.setattr(attribution, "ig_region_attributions_naive", fail)
+    labels = torch.randint(0, 3, (2, 32, 32))
+    weights, _ = model.attribute(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32), labels)
+    assert isinstance(model.scoring_model(), ScoringNetwork) and not model.scoring_model().training
+    assert weights["w_ir"].shape == (2, 1, 32, 32)

@@ -9,6 +9,8 @@ its input and state convolutions as one convolution over the stacked input and s
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,9 +29,45 @@ def reflect_pad(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (1, 1, 1, 1), mode="reflect")
 
 
+def reflect_pad_cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``reflect_pad(torch.cat(parts, dim=1))`` in one pass: channels-last parts are copied straight into the
+    padded output (bit-identical values; the gradient comes back as one channels-last tensor per part)."""
+    if any(_is_channels_last(x) for x in parts) and parts[0].shape[-1] >= 2 and parts[0].shape[-2] >= 2:
+        return _ReflectPadCatChannelsLast.apply(*parts)
+    return reflect_pad(torch.cat(list(parts), dim=1))
+
+
 def _is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous()
+
+
+def _reflect_pad_into(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The parts' channels side by side, reflect-padded by one pixel, in a new channels-last tensor."""
+    n, _, h, w = parts[0].shape
+    channels = sum(x.shape[1] for x in parts)
+    out = torch.empty((n, channels, h + 2, w + 2), dtype=parts[0].dtype, device=parts[0].device,
+                      memory_format=torch.channels_last)
+    begin = 0
+    for x in parts:
+        out[:, begin:begin + x.shape[1], 1:-1, 1:-1] = x
+        begin += x.shape[1]
+    out[:, :, 0, 1:-1] = out[:, :, 2, 1:-1]
+    out[:, :, -1, 1:-1] = out[:, :, -3, 1:-1]
+    out[:, :, :, 0] = out[:, :, :, 2]
+    out[:, :, :, -1] = out[:, :, :, -3]
+    return out
+
+
+def _fold_reflect_border(grad: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`_reflect_pad_into`'s padding, last copy first: fold the padded columns, then the rows."""
+    folded = grad[:, :, :, 1:-1].contiguous(memory_format=torch.channels_last)
+    folded[:, :, :, 1] += grad[:, :, :, 0]
+    folded[:, :, :, -2] += grad[:, :, :, -1]
+    out = folded[:, :, 1:-1].contiguous(memory_format=torch.channels_last)
+    out[:, :, 1] += folded[:, :, 0]
+    out[:, :, -2] += folded[:, :, -1]
+    return out
 
 
 class _ReflectPadChannelsLast(torch.autograd.Function):
@@ -37,25 +75,25 @@ class _ReflectPadChannelsLast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        out = torch.empty((n, c, h + 2, w + 2), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-        out[:, :, 1:-1, 1:-1] = x
-        out[:, :, 0, 1:-1] = x[:, :, 1]
-        out[:, :, -1, 1:-1] = x[:, :, -2]
-        out[:, :, :, 0] = out[:, :, :, 2]
-        out[:, :, :, -1] = out[:, :, :, -3]
-        return out
+        return _reflect_pad_into([x])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        # the adjoint of the forward, last copy first: fold the padded columns, then the padded rows
-        folded = grad[:, :, :, 1:-1].contiguous(memory_format=torch.channels_last)
-        folded[:, :, :, 1] += grad[:, :, :, 0]
-        folded[:, :, :, -2] += grad[:, :, :, -1]
-        out = folded[:, :, 1:-1].contiguous(memory_format=torch.channels_last)
-        out[:, :, 1] += folded[:, :, 0]
-        out[:, :, -2] += folded[:, :, -1]
-        return out
+        return _fold_reflect_border(grad)
+
+
+class _ReflectPadCatChannelsLast(torch.autograd.Function):
+    """Concatenation and one-pixel reflect padding in one set of slice copies; backward: fold, then split."""
+
+    @staticmethod
+    def forward(ctx, *parts: torch.Tensor) -> torch.Tensor:
+        ctx.channels = [x.shape[1] for x in parts]
+        return _reflect_pad_into(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        folded = _fold_reflect_border(grad)
+        return tuple(g.contiguous(memory_format=torch.channels_last) for g in folded.split(ctx.channels, dim=1))
 
 
 class ReflectConv2d(nn.Conv2d):
@@ -64,8 +102,10 @@ class ReflectConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, 3, padding=0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(reflect_pad(x), self.weight, self.bias)
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """x: (N, C_in, H, W), or tensors whose channels concatenated make the input (padded in one pass)."""
+        padded = reflect_pad(x) if isinstance(x, torch.Tensor) else reflect_pad_cat(x)
+        return F.conv2d(padded, self.weight, self.bias)
 
 
 class ConvUnit(nn.Module):
@@ -82,7 +122,8 @@ class ConvUnit(nn.Module):
             ReflectConv2d(mid_channels, out_channels),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """x: (N, C_in, H, W), or tensors to concatenate along the channels (see :class:`ReflectConv2d`)."""
         return self.conv_unit(x)
 
 
@@ -117,8 +158,7 @@ class ConvLSTMCell(nn.Module):
         if not self.stacked:
             return self.conv_z(z) + self.conv_h(h)
         weight = torch.cat([self.conv_z.weight, self.conv_h.weight], dim=1)
-        return F.conv2d(torch.cat([reflect_pad(z), reflect_pad(h)], dim=1), weight,
-                        self.conv_z.bias + self.conv_h.bias)
+        return F.conv2d(reflect_pad_cat([z, h]), weight, self.conv_z.bias + self.conv_h.bias)
 
     def forward(
         self, z: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None

@@ -124,7 +124,7 @@ class UnfoldingStage(nn.Module):
             merged.append(memory.short)
         if self.use_long_memory:
             merged.append(memory.long)
-        f2 = self.merge(torch.cat(merged, dim=1) if len(merged) > 1 else f1)
+        f2 = self.merge(merged if len(merged) > 1 else f1)  # the concatenation is padded in the same pass
         refined = self.refine(f2)
         if not self.use_attention:  # ablation I: F3 = refine(F2) + F2
             f3 = f2 + refined
@@ -139,7 +139,7 @@ class UnfoldingStage(nn.Module):
         f1, f2, f3 = features
         new = Memory(short=f3 if self.use_short_memory else None)
         if self.updates_long_memory:
-            new.lstm_state = self.lstm(self.memory_in(torch.cat([f1, f2, f3], dim=1)), memory.lstm_state)
+            new.lstm_state = self.lstm(self.memory_in([f1, f2, f3]), memory.lstm_state)
             new.long = self.memory_out(new.lstm_state[0])
         return new
 

@@ -7,9 +7,11 @@ exact in real arithmetic and tested in float64 against the segmenter's own layer
 
 - BatchNorm folded into the convolution before it (also inside separable convolutions, as in DeepLabV3+'s ASPP);
 - channels-last layout, where oneDNN's depthwise convolutions run several times faster;
-- depthwise convolutions with a large dilation (DeepLabV3+'s atrous rates 12, 24, 36 on a 1/16-resolution map)
-  computed as a sum of shifted taps over the valid windows (:class:`ShiftedTapDepthwise`): oneDNN pads such
-  maps by the dilation on every side and runs a slow path, and at 640×480 most taps fall entirely outside;
+- stride-1 depthwise convolutions (:class:`FrozenDepthwise`) differentiated by oneDNN's forward kernel on the
+  flipped kernel, the exact adjoint, which is faster than its backward kernel; those with a large dilation
+  (DeepLabV3+'s atrous rates 12, 24, 36 on a 1/16-resolution map) computed as a sum of shifted taps over the
+  valid windows: oneDNN pads such maps by the dilation on every side and runs a slow path, and at 640×480
+  most taps fall entirely outside;
 - gradients kept channels-last: a concatenation's backward hands each input a channel slice of its gradient,
   on which PyTorch's upsampling and convolution backward kernels take slow paths (the decoder's upsampling
   backward: 10 ms on a slice against 2.7 ms after a copy, at 640×480), so every module's output gradient is
@@ -24,6 +26,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 TAP_MIN_DILATION = 12  # measured: from here on the tap sum is at least as fast as oneDNN's dilated kernel
@@ -74,54 +77,71 @@ def shifted_tap_sum(x: torch.Tensor, weight: torch.Tensor, dilation: int, flip: 
     return out
 
 
-class _ShiftedTaps(torch.autograd.Function):
-    """:func:`shifted_tap_sum` with its adjoint as the input gradient (the weight is a constant)."""
+def depthwise_same(x: torch.Tensor, weight: torch.Tensor, dilation: int, bias: torch.Tensor | None = None,
+                   adjoint: bool = False) -> torch.Tensor:
+    """A 3×3 depthwise convolution with stride 1 and zero padding = dilation (plus ``bias``), or its adjoint (the
+    kernel flipped, no bias).
+
+    Large dilations (≥ ``TAP_MIN_DILATION``) go through :func:`shifted_tap_sum`, the others through oneDNN's
+    forward kernel, which is also used for the adjoint: that is the gradient with respect to x, and oneDNN's own
+    backward kernel for depthwise convolutions is several times slower than its forward one.
+    """
+    if adjoint:
+        bias = None
+    if dilation >= TAP_MIN_DILATION:
+        out = shifted_tap_sum(x, weight, dilation, flip=adjoint)
+        return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
+    kernel = weight.flip(-1, -2) if adjoint else weight
+    return F.conv2d(x, kernel, bias, 1, dilation, dilation, x.shape[1])
+
+
+class _DepthwiseSame(torch.autograd.Function):
+    """:func:`depthwise_same` with its adjoint as the input gradient (weight and bias are constants)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
         ctx.save_for_backward(weight)
         ctx.dilation = dilation
-        return shifted_tap_sum(x, weight, dilation)
+        return depthwise_same(x, weight, dilation, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (weight,) = ctx.saved_tensors
-        return shifted_tap_sum(grad, weight, ctx.dilation, flip=True), None, None
+        return depthwise_same(grad, weight, ctx.dilation, adjoint=True), None, None, None
 
 
-class ShiftedTapDepthwise(nn.Module):
-    """Drop-in for a frozen 3×3 depthwise ``nn.Conv2d`` with padding = dilation (see :func:`shifted_tap_sum`)."""
+class FrozenDepthwise(nn.Module):
+    """Drop-in for a frozen 3×3 depthwise ``nn.Conv2d`` with stride 1 and padding = dilation (see
+    :func:`depthwise_same`); its weight gets no gradient."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        if not is_tap_depthwise(conv, min_dilation=1):
-            raise ValueError(f"not a 3x3 same-size depthwise convolution: {conv}")
+        if not is_same_depthwise(conv):
+            raise ValueError(f"not a 3x3, stride-1, same-size depthwise convolution: {conv}")
         self.dilation = conv.dilation[0]
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _ShiftedTaps.apply(x, self.weight, self.dilation)
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+        return _DepthwiseSame.apply(x, self.weight, self.bias, self.dilation)
 
 
-def is_tap_depthwise(conv: nn.Module, min_dilation: int = TAP_MIN_DILATION) -> bool:
-    """Whether ``conv`` is a 3×3 depthwise convolution with equal dilations ≥ ``min_dilation`` keeping the size."""
+def is_same_depthwise(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a 3×3 depthwise convolution with stride 1, equal dilations and padding = dilation."""
     return (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels
             and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding_mode == "zeros"
-            and conv.dilation[0] == conv.dilation[1] >= min_dilation
-            and tuple(conv.padding) == tuple(conv.dilation))
+            and conv.dilation[0] == conv.dilation[1] and tuple(conv.padding) == tuple(conv.dilation))
 
 
-def replace_dilated_depthwise_(module: nn.Module, min_dilation: int = TAP_MIN_DILATION) -> int:
-    """Swap every qualifying depthwise convolution for a :class:`ShiftedTapDepthwise` (in place); returns the count."""
+def replace_depthwise_(module: nn.Module) -> int:
+    """Swap every qualifying depthwise convolution for a :class:`FrozenDepthwise` (in place); returns the count."""
     count = 0
     for name, child in list(module._modules.items()):
-        if is_tap_depthwise(child, min_dilation):
-            module._modules[name] = ShiftedTapDepthwise(child)
+        if is_same_depthwise(child):
+            module._modules[name] = FrozenDepthwise(child)
             count += 1
         elif child is not None:
-            count += replace_dilated_depthwise_(child, min_dilation)
+            count += replace_depthwise_(child)
     return count
 
 
@@ -165,7 +185,7 @@ class ScoringNetwork(nn.Module):
             fold_batchnorm_(net)
         self.fast = fast
         if fast:
-            replace_dilated_depthwise_(net)
+            replace_depthwise_(net)
             net = keep_gradients_channels_last_(net.to(memory_format=torch.channels_last))
         self.net = net
         self.train(False)

@@ -1,6 +1,7 @@
 """The fusion network's fast kernels compute the same function as the straightforward ones.
 
-Fast: channels-last layout with slice-copy reflect padding, and the ConvLSTM's two convolutions stacked into one.
+Fast: channels-last layout with slice-copy reflect padding (of concatenations in the same pass), and the ConvLSTM's
+two convolutions stacked into one.
 Reference: contiguous layout, ``F.pad``, two convolutions and a sum (``UAAFusionNet.use_reference_kernels``).
 Compared in float64 (values and every parameter gradient), plus a float32 round-off bound at the paper's 5 stages.
 """
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.blocks import ConvLSTMCell, reflect_pad
+from models.blocks import ConvLSTMCell, reflect_pad, reflect_pad_cat
 from models.fusion_net import UAAFusionNet
 
 
@@ -50,6 +51,20 @@ def test_reflect_pad_other_layouts_use_f_pad():
     assert torch.equal(reflect_pad(x), F.pad(x, (1, 1, 1, 1), mode="reflect"))
     with pytest.raises(RuntimeError):  # too small to reflect: PyTorch's own error, whatever the layout
         reflect_pad(_channels_last(torch.randn(1, 3, 1, 5)))
+
+
+@pytest.mark.parametrize("channels", [(3, 5), (4, 1, 2), (6,)])
+def test_reflect_pad_cat_is_pad_of_the_concatenation(channels):
+    parts = [_channels_last(torch.randn(2, c, 4, 6, dtype=torch.float64)).requires_grad_(True) for c in channels]
+    fast = reflect_pad_cat(parts)
+    ref = F.pad(torch.cat(parts, dim=1), (1, 1, 1, 1), mode="reflect")
+    assert torch.equal(fast, ref) and fast.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(fast)
+    for g_fast, g_ref in zip(torch.autograd.grad(fast, parts, grad), torch.autograd.grad(ref, parts, grad)):
+        torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda *xs: reflect_pad_cat(xs), tuple(parts))
+    contiguous = [p.detach().contiguous() for p in parts]  # the reference layout takes torch.cat and F.pad
+    assert torch.equal(reflect_pad_cat(contiguous), ref)
 
 
 def test_stacked_convlstm_equals_two_convolutions():

@@ -17,8 +17,9 @@ from models.attribution import (
     region_score_fn,
 )
 from models.scoring import (
+    TAP_MIN_DILATION,
+    FrozenDepthwise,
     ScoringNetwork,
-    ShiftedTapDepthwise,
     fold_batchnorm_,
     prepare_scoring_model,
     shifted_tap_sum,
@@ -44,17 +45,21 @@ def test_shifted_tap_sum_equals_dilated_depthwise_convolution(height, width, dil
     assert lhs.item() == pytest.approx(rhs.item(), rel=1e-12)
 
 
-def test_shifted_tap_module_matches_conv_with_bias_and_gradient():
-    conv = nn.Conv2d(4, 4, 3, padding=3, dilation=3, groups=4).double().requires_grad_(False)
-    module = ShiftedTapDepthwise(conv)
-    x = torch.randn(1, 4, 8, 10, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("dilation", [1, 2, TAP_MIN_DILATION])  # oneDNN's kernels, then the tap sum
+def test_frozen_depthwise_matches_the_convolution_and_its_gradient(dilation):
+    torch.manual_seed(dilation)
+    conv = nn.Conv2d(2, 2, 3, padding=dilation, dilation=dilation, groups=2).double().requires_grad_(False)
+    module = FrozenDepthwise(conv)
+    x = torch.randn(1, 2, 14, 17, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(module(x), conv(x), rtol=0, atol=1e-14)
     assert torch.autograd.gradcheck(module, (x,))
     (grad,) = torch.autograd.grad(module(x).pow(2).sum(), x)
     (expected,) = torch.autograd.grad(conv(x).pow(2).sum(), x)
     torch.testing.assert_close(grad, expected, rtol=0, atol=1e-13)
     with pytest.raises(ValueError, match="depthwise"):
-        ShiftedTapDepthwise(nn.Conv2d(4, 8, 3, padding=3, dilation=3, groups=4))
+        FrozenDepthwise(nn.Conv2d(2, 4, 3, padding=dilation, dilation=dilation, groups=2))
+    with pytest.raises(ValueError, match="depthwise"):
+        FrozenDepthwise(nn.Conv2d(2, 2, 3, stride=2, padding=dilation, dilation=dilation, groups=2))
 
 
 def test_fold_batchnorm_reaches_into_separable_convolutions():
@@ -88,7 +93,8 @@ def deeplab():
 def test_scoring_network_computes_the_segmenter(deeplab):
     """At 224×224 the ASPP map is 14×14: rate 12 has live taps, rates 24 and 36 only their centre."""
     fast = prepare_scoring_model(deeplab)
-    assert sum(isinstance(m, ShiftedTapDepthwise) for m in fast.modules()) == 3
+    depthwise = [m for m in fast.modules() if isinstance(m, FrozenDepthwise)]
+    assert sum(m.dilation >= TAP_MIN_DILATION for m in depthwise) == 3 and len(depthwise) > 3
     assert not any(p.requires_grad for p in fast.parameters())
     fast.train()
     assert not fast.training and not fast.net.training  # attribution needs eval mode whatever callers do

@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--encoder", default="mobilenet_v2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunk", type=int, default=None,
-                        help="images per forward in the fast form (default: twice the batch size, as the model; "
+                        help="images per forward in the fast form (default: the batch size, as the model; "
                              "0: all at once)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="float64 makes the naive-versus-fast difference a test of equality (float32's is "
@@ -107,7 +107,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    chunk = 2 * batch if args.chunk is None else args.chunk
+    chunk = batch if args.chunk is None else args.chunk
     fast()  # warm-up (allocator, kernels)
     sync()
     t_naive, r_naive = timed(lambda: (naive(), sync())[0], args.repeats)

@@ -5,7 +5,7 @@
 #      training steps under bf16 and fp16) and the fast-kernel equality tests;
 #   3. one training step at the paper's shape (8x1x128^2, 15 classes) in float32 and under bf16 autocast:
 #      seconds per step, phases, peak memory (scripts/bench_model.py);
-#   4. the class-wise IG benchmark with ig_chunk = 2N (the default) and 0 (scripts/bench_attribution.py);
+#   4. the class-wise IG benchmark with ig_chunk = N (the default) and 0 (scripts/bench_attribution.py);
 #   5. fusing one 800x600 pair (FMB's size), float32 and bf16: seconds per pair, peak memory.
 # Everything is written to OUT/ (default results/gpu_check), the summary to OUT/summary.txt.
 #
@@ -63,7 +63,7 @@ TAIL=8 run train_step "$PY" -m scripts.bench_model --device "$DEVICE" --what tra
     --no-baseline --repeats "$REPEATS"
 grep -E "^\[|peak memory|total " "$OUT/train_step.log" >> "$SUMMARY"
 
-step "class-wise IG: ig_chunk = 2N, then 0 (one batch)"
+step "class-wise IG: ig_chunk = N, then 0 (one batch)"
 TAIL=1 run ig_chunk_n "$PY" -m scripts.bench_attribution --device "$DEVICE" "${ATT[@]}"
 TAIL=1 run ig_chunk_0 "$PY" -m scripts.bench_attribution --device "$DEVICE" "${ATT[@]}" --chunk 0
 

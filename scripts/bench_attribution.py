@@ -82,7 +82,7 @@ def main() -> None:
     with torch.no_grad():  # give BatchNorm non-trivial statistics, as after training
         segmenter.train()
         for _ in range(3):
-            segmenter(torch.rand(batch, 1, size, size, device=device))
+            segmenter(torch.rand(max(batch, 2), 1, size, size, device=device))  # BatchNorm needs 2 in training
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     segmenter.eval().requires_grad_(False).to(dtype)
     ir = torch.rand(batch, 1, size, size, generator=gen, dtype=dtype).to(device)

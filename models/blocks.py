@@ -33,6 +33,11 @@ def reflect_pad_cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     """``reflect_pad(torch.cat(parts, dim=1))`` in one pass: channels-last parts are copied straight into the
     padded output (bit-identical values; the gradient comes back as one channels-last tensor per part)."""
     if any(_is_channels_last(x) for x in parts) and parts[0].shape[-1] >= 2 and parts[0].shape[-2] >= 2:
+        first = parts[0]
+        if any(x.dim() != 4 or x.shape[0] != first.shape[0] or x.shape[2:] != first.shape[2:]
+               or x.dtype != first.dtype for x in parts):
+            raise ValueError("reflect_pad_cat needs (N, C_i, H, W) parts of one dtype, got "
+                             f"{[(tuple(x.shape), x.dtype) for x in parts]}")
         return _ReflectPadCatChannelsLast.apply(*parts)
     return reflect_pad(torch.cat(list(parts), dim=1))
 
@@ -93,7 +98,8 @@ class _ReflectPadCatChannelsLast(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
         folded = _fold_reflect_border(grad)
-        return tuple(g.contiguous(memory_format=torch.channels_last) for g in folded.split(ctx.channels, dim=1))
+        return tuple(g.contiguous(memory_format=torch.channels_last) if needed else None
+                     for g, needed in zip(folded.split(ctx.channels, dim=1), ctx.needs_input_grad))
 
 
 class ReflectConv2d(nn.Conv2d):

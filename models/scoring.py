@@ -10,8 +10,8 @@ exact in real arithmetic and tested in float64 against the segmenter's own layer
 - stride-1 depthwise convolutions (:class:`FrozenDepthwise`) differentiated by oneDNN's forward kernel on the
   flipped kernel, the exact adjoint, which is faster than its backward kernel; those with a large dilation
   (DeepLabV3+'s atrous rates 12, 24, 36 on a 1/16-resolution map) computed as a sum of shifted taps over the
-  valid windows: oneDNN pads such maps by the dilation on every side and runs a slow path, and at 640×480
-  most taps fall entirely outside;
+  windows where they land inside the map: oneDNN pads such maps by the dilation on every side and runs a slow
+  path, while on the 40×30 map of a 640×480 image most taps of rates 24 and 36 cover only a few rows or columns;
 - gradients kept channels-last: a concatenation's backward hands each input a channel slice of its gradient,
   on which PyTorch's upsampling and convolution backward kernels take slow paths (the decoder's upsampling
   backward: 10 ms on a slice against 2.7 ms after a copy, at 640×480), so every module's output gradient is
@@ -29,21 +29,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import tv_compat  # noqa: F401  (must run before segmentation_models_pytorch imports torchvision)
+
 TAP_MIN_DILATION = 12  # measured: from here on the tap sum is at least as fast as oneDNN's dilated kernel
 
 
-def fold_batchnorm_(module: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm2d that directly follows a convolution inside a Sequential (in place).
+def _is_plain_sequential(module: nn.Module) -> bool:
+    """A Sequential that only chains its children (a subclass with its own forward may do more)."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
-    The convolution may be the last layer of a nested Sequential (a separable convolution). Returns ``module``.
+
+def fold_batchnorm_(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a convolution inside a plain Sequential (in place).
+
+    The convolution may be the last layer of nested plain Sequentials (a separable convolution). The BatchNorm
+    layers must be in eval mode (``fuse_conv_bn_eval`` raises otherwise). Returns ``module``.
     """
     for child in module.children():
         fold_batchnorm_(child)
-    if isinstance(module, nn.Sequential):
+    if _is_plain_sequential(module):
         names = list(module._modules)
         for first, second in zip(names, names[1:]):
             owner, key = module, first
-            while isinstance(owner._modules[key], nn.Sequential) and len(owner._modules[key]) > 0:
+            while _is_plain_sequential(owner._modules[key]) and len(owner._modules[key]) > 0:
                 owner, key = owner._modules[key], list(owner._modules[key]._modules)[-1]
             conv, bn = owner._modules[key], module._modules[second]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
@@ -106,21 +114,23 @@ class _DepthwiseSame(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
         (weight,) = ctx.saved_tensors
         return depthwise_same(grad, weight, ctx.dilation, adjoint=True), None, None, None
 
 
 class FrozenDepthwise(nn.Module):
-    """Drop-in for a frozen 3×3 depthwise ``nn.Conv2d`` with stride 1 and padding = dilation (see
-    :func:`depthwise_same`); its weight gets no gradient."""
+    """Drop-in for a 3×3 depthwise ``nn.Conv2d`` with stride 1 and padding = dilation (see :func:`depthwise_same`),
+    with its weight and bias frozen as buffers: gradients reach the input only."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         if not is_same_depthwise(conv):
             raise ValueError(f"not a 3x3, stride-1, same-size depthwise convolution: {conv}")
         self.dilation = conv.dilation[0]
-        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.register_buffer("weight", conv.weight.detach().clone())
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _DepthwiseSame.apply(x, self.weight, self.bias, self.dilation)
@@ -153,7 +163,9 @@ def _channels_last_gradient(grad: torch.Tensor) -> torch.Tensor:
 
 
 def _guard_output_gradient(module: nn.Module, inputs: tuple, output: object) -> None:
-    if isinstance(output, torch.Tensor) and output.requires_grad:
+    # not on a module's own input passed through (Identity, eval-mode Dropout): the hook would land on the caller's
+    # tensor and pile up over calls
+    if isinstance(output, torch.Tensor) and output.requires_grad and not any(output is x for x in inputs):
         output.register_hook(_channels_last_gradient)
 
 
@@ -202,18 +214,18 @@ class ScoringNetwork(nn.Module):
         return self.net(self._input(x))
 
     def linear_head(self) -> nn.Module | None:
-        """The final upsampling when the scores are a linear upsampling of :meth:`logits` (smp models whose head
-        applies no activation, ``fast`` only); None otherwise."""
+        """The final upsampling when the scores are a linear upsampling of :meth:`logits` (smp models with smp's
+        own forward, a head that applies no activation and no classification head; ``fast`` only); else None."""
         head = getattr(self.net, "segmentation_head", None)
-        if not self.fast or not isinstance(head, nn.Sequential) or len(head) != 3:
+        if not self.fast or not _runs_smp_forward(self.net) or not isinstance(head, nn.Sequential) or len(head) != 3:
             return None
         activation = getattr(head[2], "activation", head[2])
         if getattr(self.net, "classification_head", None) is not None or not isinstance(activation, nn.Identity):
             return None
         upsample = head[1]
-        if isinstance(upsample, nn.Upsample) and upsample.mode in ("nearest", "bilinear", "bicubic"):
-            return upsample
-        return upsample if isinstance(upsample, nn.Identity) else None
+        linear = isinstance(upsample, nn.Identity) or (
+            isinstance(upsample, nn.Upsample) and upsample.mode in ("nearest", "bilinear", "bicubic"))
+        return upsample if linear else None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The scores before the head's final upsampling, (B, C, h, w); only when :meth:`linear_head` is not None."""
@@ -221,6 +233,14 @@ class ScoringNetwork(nn.Module):
         if hasattr(self.net, "check_input_shape"):
             self.net.check_input_shape(x)
         return self.net.segmentation_head[0](self.net.decoder(self.net.encoder(x)))
+
+
+def _runs_smp_forward(net: nn.Module) -> bool:
+    """Whether ``net`` is a segmentation-models-pytorch model computing head(decoder(encoder(x))), which
+    :meth:`ScoringNetwork.logits` repeats without the head's last layers."""
+    from segmentation_models_pytorch.base import SegmentationModel
+
+    return isinstance(net, SegmentationModel) and type(net).forward is SegmentationModel.forward
 
 
 def prepare_scoring_model(segmenter: nn.Module, fold_batchnorm: bool = True, fast: bool = True) -> ScoringNetwork:

@@ -67,6 +67,13 @@ def test_reflect_pad_cat_is_pad_of_the_concatenation(channels):
     assert torch.equal(reflect_pad_cat(contiguous), ref)
 
 
+def test_reflect_pad_cat_rejects_parts_that_do_not_fit():
+    a = _channels_last(torch.randn(1, 3, 4, 6))
+    for other in (_channels_last(torch.randn(1, 3, 4, 5)), _channels_last(torch.randn(2, 3, 4, 6)), a.double()):
+        with pytest.raises(ValueError, match="parts"):
+            reflect_pad_cat([a, other])
+
+
 def test_stacked_convlstm_equals_two_convolutions():
     torch.manual_seed(0)
     cell = ConvLSTMCell(4).double()

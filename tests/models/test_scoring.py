@@ -13,6 +13,7 @@ from models.attribution import (
     ScoreSums,
     ig_region_attributions_fast,
     ig_region_attributions_naive,
+    masked_mean_score_fn,
     region_one_hot,
     region_score_fn,
 )
@@ -60,6 +61,25 @@ def test_frozen_depthwise_matches_the_convolution_and_its_gradient(dilation):
         FrozenDepthwise(nn.Conv2d(2, 4, 3, padding=dilation, dilation=dilation, groups=2))
     with pytest.raises(ValueError, match="depthwise"):
         FrozenDepthwise(nn.Conv2d(2, 2, 3, stride=2, padding=dilation, dilation=dilation, groups=2))
+
+
+class ConvThenShift(nn.Sequential):
+    """A Sequential subclass whose forward does more than chain its children."""
+
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+def test_fold_batchnorm_leaves_custom_sequentials_alone():
+    block = nn.Sequential(ConvThenShift(nn.Conv2d(3, 3, 1)), nn.BatchNorm2d(3)).double()
+    with torch.no_grad():
+        block[1].running_mean.uniform_(-1, 1)
+    block.eval()
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    expected = block(x)
+    fold_batchnorm_(block)
+    assert isinstance(block[1], nn.BatchNorm2d)  # folding into the inner conv would drop the shift's scaling
+    torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
 
 
 def test_fold_batchnorm_reaches_into_separable_convolutions():
@@ -111,20 +131,22 @@ def test_scoring_network_computes_the_segmenter(deeplab):
 
 
 def test_score_sums_on_logits_equal_full_resolution_sums(deeplab):
-    fast, plain = prepare_scoring_model(deeplab), prepare_scoring_model(deeplab, fast=False)
+    fast = prepare_scoring_model(deeplab)
     regions = torch.randint(0, 4, (3, 64, 96))
     regions[:, :5] = 255
     onehot = region_one_hot(regions, 4, 255, torch.float64)
     index = torch.tensor([2, 0, 2])
     x = torch.rand(3, 1, 64, 96, dtype=torch.float64, requires_grad=True)
-    on_logits, on_scores = ScoreSums(fast, onehot), ScoreSums(plain, onehot)
-    assert on_logits.upsample is not None and on_scores.upsample is None
-    got, expected = on_logits(x, index), on_scores(x, index)
+    on_logits = ScoreSums(fast, onehot)
+    assert on_logits.upsample is not None
+    got = on_logits(x, index)
+    expected = (deeplab(x) * onehot[index]).sum(dim=(2, 3))  # the definition, on the segmenter itself
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     (grad,) = torch.autograd.grad(got[:, 1].sum(), x)
     (reference,) = torch.autograd.grad(expected[:, 1].sum(), x)
     assert (grad - reference).abs().max() <= 1e-10 * reference.abs().max()
     assert ScoreSums(fast, onehot, activation="softmax").upsample is None  # not linear: full resolution
+    assert ScoreSums(prepare_scoring_model(deeplab, fast=False), onehot).upsample is None
 
 
 def test_fast_ig_on_the_scoring_copy_equals_naive_on_the_segmenter(deeplab):
@@ -135,18 +157,60 @@ def test_fast_ig_on_the_scoring_copy_equals_naive_on_the_segmenter(deeplab):
     assert (fast - naive).abs().max() <= 1e-10 * naive.abs().max()
 
 
-def test_attention_score_gradient_on_the_scoring_copy(deeplab):
-    """Eq. 9's score with sub-step samples stacked along the batch (2 samples of 2 images)."""
+def test_attention_scores_on_the_scoring_copy(deeplab):
+    """Eq. 9's score and the release's masked mean (row 4, a soft mask) with sub-step samples stacked along the
+    batch (2 samples of 2 images), against their definitions on the segmenter."""
     regions = torch.randint(0, 4, (2, 64, 64), generator=torch.Generator().manual_seed(5))
+    onehot = region_one_hot(regions, 4, 255, torch.float64)
+    soft = torch.rand(2, 4, 64, 64, dtype=torch.float64)
     x = torch.rand(4, 1, 64, 64, dtype=torch.float64)
-    got = attribution.input_gradient(region_score_fn(prepare_scoring_model(deeplab), regions, 4), x)
-    expected = attribution.input_gradient(region_score_fn(deeplab, regions, 4), x)
-    assert (got - expected).abs().max() <= 1e-10 * expected.abs().max()
+    fast = prepare_scoring_model(deeplab)
+    cases = [
+        (region_score_fn(fast, regions, 4), lambda y: (y * onehot.repeat(2, 1, 1, 1)).sum(dim=(1, 2, 3)) / 64**2),
+        (masked_mean_score_fn(fast, soft), lambda y: (y * soft.repeat(2, 1, 1, 1)).sum(dim=(1, 2, 3)) / soft.numel()),
+    ]
+    for score_fn, definition in cases:
+        with torch.no_grad():
+            torch.testing.assert_close(score_fn(x), definition(deeplab(x)), rtol=1e-10, atol=1e-14)
+        got = attribution.input_gradient(score_fn, x)
+        expected = attribution.input_gradient(lambda z, d=definition: d(deeplab(z)), x)
+        assert (got - expected).abs().max() <= 1e-10 * expected.abs().max()
+    with pytest.raises(ValueError, match="blocks of 2"):
+        region_score_fn(fast, regions, 4)(x[:3])
+
+
+def test_scoring_copy_of_the_release_segmenter():
+    """The release's network (not an smp model): depthwise layers replaced, no exposed head, same function."""
+    torch.manual_seed(1)
+    release = build_segmenter(4, arch="release_mobilenetv2").double()
+    with torch.no_grad():
+        release.train()
+        release(torch.rand(2, 1, 64, 64, dtype=torch.float64))
+    release.eval()
+    fast = prepare_scoring_model(release)
+    assert fast.linear_head() is None
+    assert any(isinstance(m, FrozenDepthwise) and m.dilation > 1 for m in fast.modules())
+    x = torch.rand(2, 1, 64, 64, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 4, 64, 64, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((fast(x) * weights).sum(), x)
+    (reference,) = torch.autograd.grad((release(x) * weights).sum(), x)
+    assert (grad - reference).abs().max() <= 1e-10 * reference.abs().max()
+
+
+def test_gradient_hooks_stay_off_the_callers_tensors():
+    """A module that hands its input through (Identity) must not leave a hook on the caller's tensor."""
+    net = nn.Sequential(nn.Identity(), nn.Conv2d(1, 2, 3, padding=1)).double()
+    x = torch.rand(1, 1, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    scoring = prepare_scoring_model(net)
+    for _ in range(3):
+        scoring(x).sum().backward()
+    assert not x._backward_hooks
 
 
 def test_the_model_attributes_with_the_fast_form_in_training_mode(monkeypatch):
-    """The scoring copy is an nn.Module outside the model's tree: it must stay in eval mode, or the attribution
-    would silently fall back to the naive loop."""
+    """A model in training mode still attributes through an eval-mode scoring copy with the fast form (a copy left
+    in training mode would silently send the attribution to the naive loop)."""
     from engine.config import load_config
     from models.uaafusion import build_model
 

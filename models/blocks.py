@@ -9,6 +9,7 @@ its input and state convolutions as one convolution over the stacked input and s
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -34,10 +35,8 @@ def reflect_pad_cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     padded output (bit-identical values; the gradient comes back as one channels-last tensor per part)."""
     if any(_is_channels_last(x) for x in parts) and parts[0].shape[-1] >= 2 and parts[0].shape[-2] >= 2:
         first = parts[0]
-        if any(x.dim() != 4 or x.shape[0] != first.shape[0] or x.shape[2:] != first.shape[2:]
-               or x.dtype != first.dtype for x in parts):
-            raise ValueError("reflect_pad_cat needs (N, C_i, H, W) parts of one dtype, got "
-                             f"{[(tuple(x.shape), x.dtype) for x in parts]}")
+        if any(x.dim() != 4 or x.shape[0] != first.shape[0] or x.shape[2:] != first.shape[2:] for x in parts):
+            raise ValueError(f"reflect_pad_cat needs (N, C_i, H, W) parts, got {[tuple(x.shape) for x in parts]}")
         return _ReflectPadCatChannelsLast.apply(*parts)
     return reflect_pad(torch.cat(list(parts), dim=1))
 
@@ -48,10 +47,12 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 
 
 def _reflect_pad_into(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The parts' channels side by side, reflect-padded by one pixel, in a new channels-last tensor."""
+    """The parts' channels side by side, reflect-padded by one pixel, in a new channels-last tensor of their
+    promoted dtype (as ``torch.cat``, e.g. bfloat16 and float32 parts under autocast)."""
     n, _, h, w = parts[0].shape
     channels = sum(x.shape[1] for x in parts)
-    out = torch.empty((n, channels, h + 2, w + 2), dtype=parts[0].dtype, device=parts[0].device,
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in parts))
+    out = torch.empty((n, channels, h + 2, w + 2), dtype=dtype, device=parts[0].device,
                       memory_format=torch.channels_last)
     begin = 0
     for x in parts:
@@ -93,13 +94,14 @@ class _ReflectPadCatChannelsLast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *parts: torch.Tensor) -> torch.Tensor:
         ctx.channels = [x.shape[1] for x in parts]
+        ctx.dtypes = [x.dtype for x in parts]
         return _reflect_pad_into(parts)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
         folded = _fold_reflect_border(grad)
-        return tuple(g.contiguous(memory_format=torch.channels_last) if needed else None
-                     for g, needed in zip(folded.split(ctx.channels, dim=1), ctx.needs_input_grad))
+        return tuple(g.to(dtype, memory_format=torch.channels_last) if needed else None
+                     for g, dtype, needed in zip(folded.split(ctx.channels, dim=1), ctx.dtypes, ctx.needs_input_grad))
 
 
 class ReflectConv2d(nn.Conv2d):

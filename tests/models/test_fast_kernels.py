@@ -67,11 +67,18 @@ def test_reflect_pad_cat_is_pad_of_the_concatenation(channels):
     assert torch.equal(reflect_pad_cat(contiguous), ref)
 
 
-def test_reflect_pad_cat_rejects_parts_that_do_not_fit():
+def test_reflect_pad_cat_rejects_parts_that_do_not_fit_and_promotes_dtypes_as_cat():
     a = _channels_last(torch.randn(1, 3, 4, 6))
-    for other in (_channels_last(torch.randn(1, 3, 4, 5)), _channels_last(torch.randn(2, 3, 4, 6)), a.double()):
+    for other in (_channels_last(torch.randn(1, 3, 4, 5)), _channels_last(torch.randn(2, 3, 4, 6))):
         with pytest.raises(ValueError, match="parts"):
             reflect_pad_cat([a, other])
+    low = a.bfloat16().requires_grad_(True)  # bfloat16 and float32 parts meet under autocast
+    high = _channels_last(torch.randn(1, 2, 4, 6)).requires_grad_(True)
+    padded = reflect_pad_cat([low, high])
+    assert padded.dtype == torch.float32
+    assert torch.equal(padded, F.pad(torch.cat([low, high], dim=1), (1, 1, 1, 1), mode="reflect"))
+    g_low, g_high = torch.autograd.grad(padded.sum(), [low, high])
+    assert g_low.dtype == torch.bfloat16 and g_high.dtype == torch.float32
 
 
 def test_stacked_convlstm_equals_two_convolutions():

@@ -5,7 +5,8 @@
 #      training steps under bf16 and fp16) and the fast-kernel equality tests;
 #   3. one training step at the paper's shape (8x1x128^2, 15 classes) in float32 and under bf16 autocast:
 #      seconds per step, phases, peak memory (scripts/bench_model.py);
-#   4. the class-wise IG benchmark with ig_chunk = N (the default) and 0 (scripts/bench_attribution.py);
+#   4. the class-wise IG benchmark with ig_chunk = N (the default) and 0, and the scoring copy against the
+#      segmenter's own layers (scripts/bench_attribution.py);
 #   5. fusing one 800x600 pair (FMB's size), float32 and bf16: seconds per pair, peak memory.
 # Everything is written to OUT/ (default results/gpu_check), the summary to OUT/summary.txt.
 #
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
         --device) DEVICE="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --quick) QUICK=1; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -64,8 +65,8 @@ TAIL=8 run train_step "$PY" -m scripts.bench_model --device "$DEVICE" --what tra
 grep -E "^\[|peak memory|total " "$OUT/train_step.log" >> "$SUMMARY"
 
 step "class-wise IG: ig_chunk = N, then 0 (one batch)"
-TAIL=1 run ig_chunk_n "$PY" -m scripts.bench_attribution --device "$DEVICE" "${ATT[@]}"
-TAIL=1 run ig_chunk_0 "$PY" -m scripts.bench_attribution --device "$DEVICE" "${ATT[@]}" --chunk 0
+TAIL=2 run ig_chunk_n "$PY" -m scripts.bench_attribution --device "$DEVICE" "${ATT[@]}"
+TAIL=2 run ig_chunk_0 "$PY" -m scripts.bench_attribution --device "$DEVICE" "${ATT[@]}" --chunk 0
 
 step "fusing one pair, float32 and bf16"
 TAIL=6 run fuse "$PY" -m scripts.bench_model --device "$DEVICE" --what fuse "${FUSE[@]}" --amp bf16 --no-baseline \

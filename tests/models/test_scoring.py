@@ -99,15 +99,20 @@ def test_fold_batchnorm_reaches_into_separable_convolutions():
     torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-13)
 
 
-@pytest.fixture(scope="module")
-def deeplab():
-    """DeepLabV3+ (MobileNetV2) in float64 with warmed-up BatchNorm statistics."""
-    torch.manual_seed(0)
-    seg = build_segmenter(4, encoder="mobilenet_v2").double()
+def warmed_up_segmenter(seed: int, **kwargs) -> nn.Module:
+    """A 4-class segmenter in float64 and eval mode, with non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    seg = build_segmenter(4, **kwargs).double()
     with torch.no_grad():
         seg.train()
-        seg(torch.rand(4, 1, 64, 64, dtype=torch.float64))
+        seg(torch.rand(2, 1, 64, 64, dtype=torch.float64))
     return seg.eval()
+
+
+@pytest.fixture(scope="module")
+def deeplab():
+    """DeepLabV3+ (MobileNetV2)."""
+    return warmed_up_segmenter(0, encoder="mobilenet_v2")
 
 
 def test_scoring_network_computes_the_segmenter(deeplab):
@@ -181,12 +186,7 @@ def test_attention_scores_on_the_scoring_copy(deeplab):
 
 def test_scoring_copy_of_the_release_segmenter():
     """The release's network (not an smp model): depthwise layers replaced, no exposed head, same function."""
-    torch.manual_seed(1)
-    release = build_segmenter(4, arch="release_mobilenetv2").double()
-    with torch.no_grad():
-        release.train()
-        release(torch.rand(2, 1, 64, 64, dtype=torch.float64))
-    release.eval()
+    release = warmed_up_segmenter(1, arch="release_mobilenetv2")
     fast = prepare_scoring_model(release)
     assert fast.linear_head() is None
     assert any(isinstance(m, FrozenDepthwise) and m.dilation > 1 for m in fast.modules())

@@ -4,6 +4,7 @@
     python -m scripts.bench_model --quick           # fuse 320×240 + train step 4×1×64²
     python -m scripts.bench_model --amp bf16        # the optimised path under bf16 autocast as a third variant
     python -m scripts.bench_model --device cuda     # on a GPU (the baseline is then the reference kernels only)
+    python -m scripts.bench_model --what fuse --no-baseline --fuse-classes 5   # fusing with 5 classes in the scene
 
 Variants, run in this order in one process (random weights, BatchNorm statistics warmed up):
 
@@ -147,11 +148,21 @@ def _fusion_phase(model: UAAFusion, ir, vi, labels, clock: Clock, amp: str):
     return out, weights
 
 
-def fuse_once(model: UAAFusion, ir, vi, clock: Clock, amp: str) -> torch.Tensor:
+def fuse_once(model: UAAFusion, ir, vi, clock: Clock, amp: str, regions: torch.Tensor | None = None) -> torch.Tensor:
+    """Fuse one pair; ``regions`` (1, H, W) replaces the segmenter's own (then no forward pass predicts them)."""
     model.eval()
     with torch.no_grad():
-        out, _ = _fusion_phase(model, ir, vi, None, clock, amp)
+        out, _ = _fusion_phase(model, ir, vi, regions, clock, amp)
     return out.fused.float()
+
+
+def striped_regions(height: int, width: int, classes: int, count: int) -> torch.Tensor:
+    """(1, H, W) regions of ``count`` vertical bands of equal width, labelled with the first ``count`` of
+    ``classes`` classes: exactly ``count`` classes present."""
+    if not 1 <= count <= classes:
+        raise ValueError(f"--fuse-classes must be between 1 and the class count {classes}, got {count}")
+    band = torch.arange(width) * count // width
+    return band.expand(1, height, width).clone()
 
 
 def train_once(model: UAAFusion, optimizer, criterion, ir, vi, labels, clock: Clock, amp: str) -> torch.Tensor:
@@ -224,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch", type=int, default=None, help="training patch side (default 128)")
     p.add_argument("--classes", type=int, default=15, help="segmentation classes (FMB: 15)")
     p.add_argument("--per-image", type=int, default=5, help="classes present in each training label map")
+    p.add_argument("--fuse-classes", type=int, default=0,
+                   help="fuse with regions of this many classes (vertical bands) instead of the segmenter's own: "
+                        "the IG weights take one backward pass per class")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per variant (best total is kept)")
     p.add_argument("--amp", choices=("none", "bf16"), default="none", help="also time the fast path under bf16")
@@ -261,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     peak = conv_peak_gflops(device)
     print(f"device {device}, {threads} threads, {args.classes} classes; conv ceiling {peak:.0f} GFLOP/s "
           f"(3×3 64→64 at 256², channels-last)")
-    if "fuse" in what:  # the IG weights take one backward pass per class present in the fused image's regions
+    fuse_regions = None
+    if "fuse" in what and args.fuse_classes:
+        fuse_regions = striped_regions(fuse_ir.shape[-2], fuse_ir.shape[-1], args.classes, args.fuse_classes)
+        print(f"fuse: regions given, {args.fuse_classes} classes in the {w}×{h} pair (no forward pass predicts them)")
+        fuse_regions = fuse_regions.to(device)
+    elif "fuse" in what:  # the IG weights take one backward pass per class present in the fused image's regions
         regions, _ = model.eval().predict_regions(model.fusion.initial_estimate(fuse_ir, fuse_vi))
         print(f"fuse: the segmenter finds {int(regions.unique().numel())} classes in the {w}×{h} pair")
     results: dict[str, dict[str, PhaseTimes]] = {}
@@ -276,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         amp = "bf16" if variant.endswith("bf16") else "none"
         results[variant] = {}
         if "fuse" in what:
-            res = best_of(args.repeats, lambda clock, amp=amp: fuse_once(model, fuse_ir, fuse_vi, clock, amp), device)
+            res = best_of(args.repeats, lambda clock, amp=amp: fuse_once(model, fuse_ir, fuse_vi, clock, amp,
+                                                                       fuse_regions), device)
             results[variant]["fuse"] = res
             print_table(f"[{variant}] fuse one {w}×{h} pair", res)
         if "train" in what:

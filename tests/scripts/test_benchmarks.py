@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 
+import pytest
 import torch
 
 from scripts import bench_attribution, bench_model
@@ -34,3 +35,11 @@ def test_bench_model_times_every_phase_of_both_variants(capsys):
         assert match and float(match.group(1)) < 1e-3, out  # float32 round-off between the two code paths
     for phase in ("IG weights", "path attention", "fusion network", "backward"):
         assert phase in out
+
+
+def test_striped_regions_hold_exactly_the_requested_classes():
+    regions = bench_model.striped_regions(6, 10, 15, 4)
+    assert regions.shape == (1, 6, 10) and regions.unique().tolist() == [0, 1, 2, 3]
+    assert (regions[:, 0] == regions[:, 5]).all()  # vertical bands
+    with pytest.raises(ValueError, match="fuse-classes"):
+        bench_model.striped_regions(6, 10, 3, 4)

@@ -2,9 +2,11 @@
 benchmarks measure them, tests do not)."""
 from __future__ import annotations
 
+import json
 import re
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +45,22 @@ def test_striped_regions_hold_exactly_the_requested_classes():
     assert (regions[:, 0] == regions[:, 5]).all()  # vertical bands
     with pytest.raises(ValueError, match="fuse-classes"):
         bench_model.striped_regions(6, 10, 3, 4)
+
+
+def test_probe_segmenter_trains_and_reports_per_class_iou(synthetic_root, capsys):
+    from scripts import probe_segmenter
+
+    args = ["--name", "fmb", "--root", str(synthetic_root), "--val-name", "fmb", "--val-root", str(synthetic_root),
+            "--classes", "15", "--weights", "median", "--steps", "2", "--batch", "2", "--patch", "32",
+            "--eval-train", "2", "--threads", "1"]
+    assert probe_segmenter.main(args) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["steps"] == 2 and set(record["val"]) == {"ir", "vi"} and len(record["val"]["ir"]["iou"]) == 15
+
+
+def test_median_frequency_weights():
+    from scripts.probe_segmenter import class_weights
+
+    weights = class_weights(np.array([0.9, 0.08, 0.02, 0.0]), "median")
+    torch.testing.assert_close(weights, torch.tensor([0.08 / 0.9, 1.0, 4.0, 50.0]))
+    assert class_weights(np.array([0.5, 0.5]), "none") is None

@@ -3,6 +3,8 @@ shifted-tap dilated depthwise convolutions, channels-last gradients, the exposed
 the segmenter's own layers in float64, values and input gradients."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -224,3 +226,18 @@ def test_the_model_attributes_with_the_fast_form_in_training_mode(monkeypatch):
     weights, _ = model.attribute(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32), labels)
     assert isinstance(model.scoring_model(), ScoringNetwork) and not model.scoring_model().training
     assert weights["w_ir"].shape == (2, 1, 32, 32)
+
+
+def test_head_is_exposed_only_for_smp_s_own_forward(deeplab):
+    """A subclass that changes forward may not compute head(decoder(encoder(x))): its scores stay full-size."""
+    shifted = copy.deepcopy(deeplab)
+    shifted.__class__ = type("ShiftedDeepLab", (type(deeplab),), {"forward": lambda self, x: super(
+        type(self), self).forward(x) + 1.0})
+    assert prepare_scoring_model(deeplab).linear_head() is not None
+    assert prepare_scoring_model(shifted).linear_head() is None
+
+
+def test_frozen_depthwise_holds_buffers_not_parameters(deeplab):
+    fast = prepare_scoring_model(deeplab)
+    frozen = next(m for m in fast.modules() if isinstance(m, FrozenDepthwise))
+    assert not list(frozen.parameters()) and {"weight"} <= set(dict(frozen.named_buffers()))

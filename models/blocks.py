@@ -141,7 +141,9 @@ class ConvLSTMCell(nn.Module):
     Each gate is a 3×3 convolution of the input z plus a 3×3 convolution of the previous hidden state h;
     the four input convolutions are stacked into ``conv_z`` and the four state convolutions into ``conv_h``
     (output channels ordered i, f, o, g). With a state, both are evaluated as one convolution of Cat(z, h)
-    with the two weights side by side (the same sum, one pass).
+    with the two weights side by side (the same sum, one pass), and the tanh of the candidate and of the cell state
+    are taken as 2σ(2x) − 1, the candidate inside the gates' single sigmoid pass (equal to float32 round-off).
+    ``stacked = False`` runs the literal form.
 
     ``first_step`` says what happens when there is no state yet:
       - ``"zero_state"`` (paper): h = c = 0, then the standard update, so c = i ⊙ g and h = o ⊙ tanh(c)
@@ -155,7 +157,7 @@ class ConvLSTMCell(nn.Module):
             raise ValueError(f"lstm first_step must be one of {LSTM_FIRST_STEPS}, got {first_step!r}")
         self.channels = channels
         self.first_step = first_step
-        self.stacked = True  # False: the literal two convolutions and a sum (reference for tests and benchmarks)
+        self.stacked = True  # False: the literal form, two convolutions and a sum, tanh (reference for tests)
         self.conv_z = ReflectConv2d(channels, 4 * channels)
         self.conv_h = ReflectConv2d(channels, 4 * channels)
 
@@ -172,6 +174,31 @@ class ConvLSTMCell(nn.Module):
         self, z: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step. z: (N, C, H, W); state: (h, c) each (N, C, H, W) or None. Returns the new (h, c)."""
+        if not self.stacked:
+            return self._literal_forward(z, state)
+        # tanh(x) = 2σ(2x) − 1 (equal to round-off): the candidate's convolution is doubled, which is exact, so one
+        # sigmoid pass covers all four gates; torch's CPU tanh is about 10× slower than its sigmoid
+        ch = self.channels
+        scale = torch.ones(4 * ch, dtype=self.conv_z.weight.dtype, device=z.device)
+        scale[3 * ch:] = 2.0
+        if state is None:
+            bias = self.conv_z.bias if self.first_step == "release" else self.conv_z.bias + self.conv_h.bias
+            gates = F.conv2d(reflect_pad(z), self.conv_z.weight * scale.view(-1, 1, 1, 1), bias * scale)
+        else:
+            weight = torch.cat([self.conv_z.weight, self.conv_h.weight], dim=1) * scale.view(-1, 1, 1, 1)
+            gates = F.conv2d(reflect_pad_cat([z, state[0]]), weight, (self.conv_z.bias + self.conv_h.bias) * scale)
+        i, f, o, g = torch.sigmoid(gates).split(ch, dim=1)
+        g = g * 2 - 1  # tanh of the candidate
+        if state is None:
+            c = i * g
+            return o * (c if self.first_step == "release" else _tanh_by_sigmoid(c)), c
+        c = torch.addcmul(f * state[1], i, g)
+        return o * _tanh_by_sigmoid(c), c
+
+    def _literal_forward(
+        self, z: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 15 as written: two convolutions and a sum, separate sigmoids and tanh (the tests' reference)."""
         ch = self.channels
         if state is None and self.first_step == "release":
             i, _, o, g = self.gates(z, None).split(ch, dim=1)
@@ -183,15 +210,15 @@ class ConvLSTMCell(nn.Module):
         else:
             gates = self.gates(z, state[0])
             c_prev = state[1]
-        ifo, g = gates.split([3 * ch, ch], dim=1)  # split, not slices: its backward is one concatenation
-        i, f, o = torch.sigmoid(ifo).split(ch, dim=1)  # the three sigmoid gates in one pass
-        g = torch.tanh(g.contiguous(memory_format=_layout(gates)))
-        c = i * g if c_prev is None else torch.addcmul(f * c_prev, i, g)
+        i, f, o, g = gates.split(ch, dim=1)
+        i, f, o, g = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(g)
+        c = i * g if c_prev is None else f * c_prev + i * g
         return o * torch.tanh(c), c
 
 
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+def _tanh_by_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """tanh(x) as 2σ(2x) − 1: equal in real arithmetic, within about 1e-7 in float32, several times faster on a CPU."""
+    return torch.sigmoid(x * 2) * 2 - 1
 
 
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ exact in real arithmetic and tested in float64 against the segmenter's own layer
 - gradients kept channels-last: a concatenation's backward hands each input a channel slice of its gradient,
   on which PyTorch's upsampling and convolution backward kernels take slow paths (the decoder's upsampling
   backward: 10 ms on a slice against 2.7 ms after a copy, at 640×480), so every module's output gradient is
-  made channels-last-contiguous before the module's backward runs (:func:`keep_gradients_channels_last_`);
+  made channels-last-contiguous before the module's backward runs, and so is every module's output (the ASPP's
+  pooling branch returns a contiguous map, which made its concatenation contiguous; :func:`keep_channels_last_`);
 - the final bilinear upsampling exposed (:meth:`ScoringNetwork.linear_head`), so that weighted sums of class
   scores over regions (Eq. 5, Eq. 9) are taken on the low-resolution logits against the upsampling's adjoint
   applied to the region masks (``models.attribution.ScoreSums``), skipping the full-resolution upsampling and
@@ -72,7 +73,9 @@ def shifted_tap_sum(x: torch.Tensor, weight: torch.Tensor, dilation: int, flip: 
     """
     _, channels, height, width = x.shape
     sign = -1 if flip else 1
-    out = torch.mul(x, weight[:, 0, 1, 1].view(1, channels, 1, 1))
+    # per-tap weights as contiguous (1, C, 1, 1) tensors: broadcasting a strided column of the kernel is ~4× slower
+    taps = weight[:, 0].permute(1, 2, 0).contiguous().view(3, 3, 1, channels, 1, 1)
+    out = torch.mul(x, taps[1, 1])
     for a in (-1, 0, 1):
         for b in (-1, 0, 1):
             dy, dx = sign * a * dilation, sign * b * dilation
@@ -80,8 +83,7 @@ def shifted_tap_sum(x: torch.Tensor, weight: torch.Tensor, dilation: int, flip: 
                 continue
             rows_out, rows_in = slice(max(0, -dy), height - max(0, dy)), slice(max(0, dy), height - max(0, -dy))
             cols_out, cols_in = slice(max(0, -dx), width - max(0, dx)), slice(max(0, dx), width - max(0, -dx))
-            out[:, :, rows_out, cols_out].addcmul_(x[:, :, rows_in, cols_in],
-                                                    weight[:, 0, a + 1, b + 1].view(1, channels, 1, 1))
+            out[:, :, rows_out, cols_out].addcmul_(x[:, :, rows_in, cols_in], taps[a + 1, b + 1])
     return out
 
 
@@ -162,17 +164,47 @@ def _channels_last_gradient(grad: torch.Tensor) -> torch.Tensor:
     return grad.contiguous(memory_format=torch.channels_last) if grad.dim() == 4 else grad
 
 
-def _guard_output_gradient(module: nn.Module, inputs: tuple, output: object) -> None:
+def _channels_last_output(module: nn.Module, inputs: tuple, output: object) -> object:
+    """Forward hook: a 4-D output comes out channels-last (e.g. the ASPP pooling branch's upsampled map, so that
+    the ASPP's concatenation stays channels-last), and the gradient reaching it will be channels-last too."""
+    if not isinstance(output, torch.Tensor):
+        return None
+    if output.dim() == 4 and output.shape[1] > 1 and not output.is_contiguous(memory_format=torch.channels_last):
+        output = output.contiguous(memory_format=torch.channels_last)
     # not on a module's own input passed through (Identity, eval-mode Dropout): the hook would land on the caller's
     # tensor and pile up over calls
-    if isinstance(output, torch.Tensor) and output.requires_grad and not any(output is x for x in inputs):
+    if output.requires_grad and not any(output is x for x in inputs):
         output.register_hook(_channels_last_gradient)
+    return output
 
 
-def keep_gradients_channels_last_(module: nn.Module) -> nn.Module:
-    """Make the gradient reaching every submodule's output channels-last-contiguous (a no-op when it already is)."""
+class _ChannelsLastInputGradient(torch.autograd.Function):
+    """Identity whose backward makes the gradient channels-last-contiguous."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _channels_last_gradient(grad)
+
+
+def _channels_last_input_gradient(module: nn.Module, inputs: tuple) -> tuple:
+    """Forward pre-hook for global pooling, whose backward hands out a contiguous gradient: where its input also
+    feeds other branches (the ASPP), autograd adds their channels-last gradients into that contiguous one, about
+    ten times slower than adding tensors of one layout."""
+    return tuple(_ChannelsLastInputGradient.apply(x) if isinstance(x, torch.Tensor) and x.requires_grad and x.dim() == 4
+                 else x for x in inputs)
+
+
+def keep_channels_last_(module: nn.Module) -> nn.Module:
+    """Make every submodule's 4-D output, and the gradients reaching its output and leaving a global pooling,
+    channels-last-contiguous (no-ops where they already are)."""
     for child in module.modules():
-        child.register_forward_hook(_guard_output_gradient)
+        child.register_forward_hook(_channels_last_output)
+        if isinstance(child, nn.AdaptiveAvgPool2d):
+            child.register_forward_pre_hook(_channels_last_input_gradient)
     return module
 
 
@@ -198,7 +230,7 @@ class ScoringNetwork(nn.Module):
         self.fast = fast
         if fast:
             replace_depthwise_(net)
-            net = keep_gradients_channels_last_(net.to(memory_format=torch.channels_last))
+            net = keep_channels_last_(net.to(memory_format=torch.channels_last))
         self.net = net
         self.train(False)
 

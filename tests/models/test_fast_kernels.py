@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models import blocks
 from models.blocks import ConvLSTMCell, reflect_pad, reflect_pad_cat
 from models.fusion_net import UAAFusionNet
 
@@ -81,21 +82,31 @@ def test_reflect_pad_cat_rejects_parts_that_do_not_fit_and_promotes_dtypes_as_ca
     assert g_low.dtype == torch.bfloat16 and g_high.dtype == torch.float32
 
 
-def test_stacked_convlstm_equals_two_convolutions():
+@pytest.mark.parametrize("first_step", ["zero_state", "release"])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_stacked_convlstm_equals_literal_form(first_step, with_state):
+    """One convolution of Cat(z, h) and tanh as 2σ(2x) − 1 inside one sigmoid pass, against Eq. 15 as written."""
     torch.manual_seed(0)
-    cell = ConvLSTMCell(4).double()
-    z, h, c = (torch.randn(2, 4, 6, 5, dtype=torch.float64) for _ in range(3))
+    cell = ConvLSTMCell(4, first_step).double()
+    z, h, c = (torch.randn(2, 4, 6, 5, dtype=torch.float64) * 3 for _ in range(3))
     outs = {}
     for stacked in (True, False):
         cell.stacked = stacked
         cell.zero_grad()
-        h2, c2 = cell(z, (h, c))
+        h2, c2 = cell(z, (h, c) if with_state else None)
         (h2.sum() + c2.square().sum()).backward()
-        outs[stacked] = (h2, c2, [p.grad.clone() for p in cell.parameters()])
+        outs[stacked] = (h2, c2, [p.grad.clone() for p in cell.parameters() if p.grad is not None])
+    assert len(outs[True][2]) == len(outs[False][2]) == (4 if with_state else 3 if first_step == "zero_state" else 2)
     for a, b in zip(outs[True][:2], outs[False][:2]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
     for a, b in zip(outs[True][2], outs[False][2]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_tanh_by_sigmoid_float32_round_off():
+    x = torch.linspace(-30, 30, 200001)
+    assert (blocks._tanh_by_sigmoid(x) - torch.tanh(x)).abs().max() <= 2.5e-7
+    assert torch.equal(blocks._tanh_by_sigmoid(torch.tensor([-100.0, 0.0, 100.0])), torch.tensor([-1.0, 0.0, 1.0]))
 
 
 def _run(net, inputs, attention=True):

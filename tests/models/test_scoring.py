@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import attribution
 from models.attribution import (
@@ -135,6 +136,43 @@ def test_scoring_network_computes_the_segmenter(deeplab):
     (reference,) = torch.autograd.grad((deeplab(x) * weights).sum(), x)
     assert (grad - reference).abs().max() <= 1e-10 * reference.abs().max()
     assert prepare_scoring_model(deeplab, fast=False).linear_head() is None
+
+
+class _MixedLayoutAdds(TorchDispatchMode):
+    """Records additions of a channels-last and a contiguous 4-D map (autograd's gradient accumulation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mixed = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        maps = [a for a in args
+                if isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[1] > 1 and a.numel() > a.shape[1]]
+        if func.overloadpacket in (torch.ops.aten.add, torch.ops.aten.add_) and len(maps) == 2:
+            layouts = {a.is_contiguous(memory_format=torch.channels_last) for a in maps}
+            if len(layouts) > 1:
+                self.mixed.append(tuple(maps[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+def test_scoring_copy_runs_channels_last_throughout(deeplab):
+    """Every module's output is channels-last, so the ASPP concatenates channels-last maps (its pooling branch
+    upsamples a 1×1 map into a contiguous one) and its projection gets a channels-last input; and no gradient is
+    summed across layouts (the ASPP's input feeds five branches, and the global pooling's backward hands out a
+    contiguous gradient, into which autograd added the others about ten times slower)."""
+    fast = prepare_scoring_model(deeplab)
+    seen = []
+    aspp = fast.net.decoder.aspp[0]
+    aspp.project.register_forward_pre_hook(lambda module, inputs: seen.append(("project input", inputs[0])))
+    for name, module in fast.net.named_modules():
+        module.register_forward_hook(lambda m, i, out, name=name: seen.append((name, out)))
+    x = torch.rand(1, 1, 64, 96, dtype=torch.float64, requires_grad=True)
+    with _MixedLayoutAdds() as adds:
+        torch.autograd.grad(fast(x).sum(), x)
+    maps = [(name, t) for name, t in seen if isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[1] > 1]
+    assert any(name == "project input" for name, _ in maps) and len(maps) > 50
+    assert [name for name, t in maps if not t.is_contiguous(memory_format=torch.channels_last)] == []
+    assert adds.mixed == []
 
 
 def test_score_sums_on_logits_equal_full_resolution_sums(deeplab):

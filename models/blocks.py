@@ -2,10 +2,11 @@
 
 Speed notes (docs/PERFORMANCE.md). The fusion network is a chain of 3×3 convolutions with 32 channels on
 full-resolution images, so on a CPU its time goes to the convolutions and to whole-image memory passes
-(reflect padding, PReLU, gates). Two things keep both low without changing the numbers beyond float32
+(reflect padding, PReLU, gates). Three things keep both low without changing the numbers beyond float32
 round-off: the network runs in channels-last layout (oneDNN's fast path; :func:`reflect_pad` pads that
-layout without PyTorch's slow channels-last reflection kernel, bit-identically), and the ConvLSTM computes
-its input and state convolutions as one convolution over the stacked input and state.
+layout without PyTorch's slow channels-last reflection kernel, bit-identically), the ConvLSTM computes
+its input and state convolutions as one convolution over the stacked input and state, and it takes its tanh as
+2σ(2x) − 1 in float32/float64 (PyTorch's CPU tanh is about 10× slower than its sigmoid).
 """
 from __future__ import annotations
 
@@ -141,9 +142,9 @@ class ConvLSTMCell(nn.Module):
     Each gate is a 3×3 convolution of the input z plus a 3×3 convolution of the previous hidden state h;
     the four input convolutions are stacked into ``conv_z`` and the four state convolutions into ``conv_h``
     (output channels ordered i, f, o, g). With a state, both are evaluated as one convolution of Cat(z, h)
-    with the two weights side by side (the same sum, one pass), and the tanh of the candidate and of the cell state
-    are taken as 2σ(2x) − 1, the candidate inside the gates' single sigmoid pass (equal to float32 round-off).
-    ``stacked = False`` runs the literal form.
+    with the two weights side by side (the same sum, one pass), and in float32/float64 the tanh of the candidate and
+    of the cell state are taken as 2σ(2x) − 1, the candidate inside the gates' single sigmoid pass (equal to float32
+    round-off). ``stacked = False`` runs the literal form.
 
     ``first_step`` says what happens when there is no state yet:
       - ``"zero_state"`` (paper): h = c = 0, then the standard update, so c = i ⊙ g and h = o ⊙ tanh(c)
@@ -161,25 +162,16 @@ class ConvLSTMCell(nn.Module):
         self.conv_z = ReflectConv2d(channels, 4 * channels)
         self.conv_h = ReflectConv2d(channels, 4 * channels)
 
-    def gates(self, z: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
-        """conv_z(z) + conv_h(h) (h None: conv_z(z) alone), (N, 4C, H, W) in the order i, f, o, g."""
-        if h is None:
-            return self.conv_z(z)
-        if not self.stacked:
-            return self.conv_z(z) + self.conv_h(h)
-        weight = torch.cat([self.conv_z.weight, self.conv_h.weight], dim=1)
-        return F.conv2d(reflect_pad_cat([z, h]), weight, self.conv_z.bias + self.conv_h.bias)
-
     def forward(
         self, z: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step. z: (N, C, H, W); state: (h, c) each (N, C, H, W) or None. Returns the new (h, c)."""
         if not self.stacked:
             return self._literal_forward(z, state)
-        # tanh(x) = 2σ(2x) − 1 (equal to round-off): the candidate's convolution is doubled, which is exact, so one
-        # sigmoid pass covers all four gates; torch's CPU tanh is about 10× slower than its sigmoid
         ch = self.channels
-        scale = torch.ones(4 * ch, dtype=self.conv_z.weight.dtype, device=z.device)
+        # the candidate's convolution doubled (exact): with tanh(x) = 2σ(2x) − 1 one sigmoid pass covers all four
+        # gates; torch's CPU tanh is about 10× slower than its sigmoid
+        scale = self.conv_z.weight.new_ones(4 * ch)
         scale[3 * ch:] = 2.0
         if state is None:
             bias = self.conv_z.bias if self.first_step == "release" else self.conv_z.bias + self.conv_h.bias
@@ -187,13 +179,20 @@ class ConvLSTMCell(nn.Module):
         else:
             weight = torch.cat([self.conv_z.weight, self.conv_h.weight], dim=1) * scale.view(-1, 1, 1, 1)
             gates = F.conv2d(reflect_pad_cat([z, state[0]]), weight, (self.conv_z.bias + self.conv_h.bias) * scale)
-        i, f, o, g = torch.sigmoid(gates).split(ch, dim=1)
-        g = g * 2 - 1  # tanh of the candidate
+        if gates.dtype in (torch.float32, torch.float64):
+            i, f, o, g = torch.sigmoid(gates).split(ch, dim=1)
+            g = g * 2 - 1  # tanh of the candidate
+            tanh = _tanh_by_sigmoid
+        else:  # reduced precision (autocast): 2σ(2x) − 1 would round small values to 0; halving back is exact
+            ifo, g = gates.split([3 * ch, ch], dim=1)
+            i, f, o = torch.sigmoid(ifo).split(ch, dim=1)
+            g = torch.tanh(g * 0.5)
+            tanh = torch.tanh
         if state is None:
             c = i * g
-            return o * (c if self.first_step == "release" else _tanh_by_sigmoid(c)), c
+            return o * (c if self.first_step == "release" else tanh(c)), c
         c = torch.addcmul(f * state[1], i, g)
-        return o * _tanh_by_sigmoid(c), c
+        return o * tanh(c), c
 
     def _literal_forward(
         self, z: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
@@ -201,14 +200,14 @@ class ConvLSTMCell(nn.Module):
         """Eq. 15 as written: two convolutions and a sum, separate sigmoids and tanh (the tests' reference)."""
         ch = self.channels
         if state is None and self.first_step == "release":
-            i, _, o, g = self.gates(z, None).split(ch, dim=1)
+            i, _, o, g = self.conv_z(z).split(ch, dim=1)
             c = torch.sigmoid(i) * torch.tanh(g)
             return torch.sigmoid(o) * c, c
         if state is None:  # zero state: conv_h(0) is its bias
             gates = self.conv_z(z) + self.conv_h.bias.view(1, -1, 1, 1)
             c_prev = None
         else:
-            gates = self.gates(z, state[0])
+            gates = self.conv_z(z) + self.conv_h(state[0])
             c_prev = state[1]
         i, f, o, g = gates.split(ch, dim=1)
         i, f, o, g = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(g)
@@ -217,7 +216,8 @@ class ConvLSTMCell(nn.Module):
 
 
 def _tanh_by_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """tanh(x) as 2σ(2x) − 1: equal in real arithmetic, within about 1e-7 in float32, several times faster on a CPU."""
+    """tanh(x) as 2σ(2x) − 1: equal in real arithmetic, within 2e-7 in float32 (absolute), several times faster on a
+    CPU. Not for bfloat16/float16, where the absolute error (about 2⁻⁸) swallows small values."""
     return torch.sigmoid(x * 2) * 2 - 1
 
 

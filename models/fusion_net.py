@@ -204,8 +204,9 @@ class UAAFusionNet(nn.Module):
         return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     def use_reference_kernels(self, enabled: bool = True) -> UAAFusionNet:
-        """The straightforward implementation (contiguous layout, separate ConvLSTM convolutions), or back to the
-        fast one; for equality tests and benchmark baselines. Both compute the same function."""
+        """The straightforward implementation (contiguous layout, the ConvLSTM's two convolutions, separate sigmoids
+        and ``torch.tanh``), or back to the fast one; for equality tests and benchmark baselines. Both compute the
+        same function."""
         for module in self.modules():
             if isinstance(module, ConvLSTMCell):
                 module.stacked = not enabled

@@ -32,7 +32,7 @@ from torch import nn
 
 from models import tv_compat  # noqa: F401  (must run before segmentation_models_pytorch imports torchvision)
 
-TAP_MIN_DILATION = 12  # measured: from here on the tap sum is at least as fast as oneDNN's dilated kernel
+TAP_MIN_DILATION = 12  # the tap sum beats oneDNN from dilation 8 on (docs/PERFORMANCE.md); 12 is the ASPP's lowest rate
 
 
 def _is_plain_sequential(module: nn.Module) -> bool:
@@ -200,7 +200,8 @@ def _channels_last_input_gradient(module: nn.Module, inputs: tuple) -> tuple:
 
 def keep_channels_last_(module: nn.Module) -> nn.Module:
     """Make every submodule's 4-D output, and the gradients reaching its output and leaving a global pooling,
-    channels-last-contiguous (no-ops where they already are)."""
+    channels-last-contiguous (no-ops where they already are). Call it once per model; it suits networks that do not
+    reshape feature maps by their memory layout (``view`` merging channels with space), as the smp models here."""
     for child in module.modules():
         child.register_forward_hook(_channels_last_output)
         if isinstance(child, nn.AdaptiveAvgPool2d):

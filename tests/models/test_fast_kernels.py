@@ -1,8 +1,9 @@
 """The fusion network's fast kernels compute the same function as the straightforward ones.
 
-Fast: channels-last layout with slice-copy reflect padding (of concatenations in the same pass), and the ConvLSTM's
-two convolutions stacked into one.
-Reference: contiguous layout, ``F.pad``, two convolutions and a sum (``UAAFusionNet.use_reference_kernels``).
+Fast: channels-last layout with slice-copy reflect padding (of concatenations in the same pass), the ConvLSTM's
+two convolutions stacked into one and its tanh as 2σ(2x) − 1 inside one sigmoid pass.
+Reference: contiguous layout, ``F.pad``, two convolutions and a sum, ``torch.tanh``
+(``UAAFusionNet.use_reference_kernels``).
 Compared in float64 (values and every parameter gradient), plus a float32 round-off bound at the paper's 5 stages.
 """
 from __future__ import annotations
@@ -82,25 +83,61 @@ def test_reflect_pad_cat_rejects_parts_that_do_not_fit_and_promotes_dtypes_as_ca
     assert g_low.dtype == torch.bfloat16 and g_high.dtype == torch.float32
 
 
-@pytest.mark.parametrize("first_step", ["zero_state", "release"])
-@pytest.mark.parametrize("with_state", [True, False])
-def test_stacked_convlstm_equals_literal_form(first_step, with_state):
-    """One convolution of Cat(z, h) and tanh as 2σ(2x) − 1 inside one sigmoid pass, against Eq. 15 as written."""
+def _eq15(cell: ConvLSTMCell, z, state):
+    """Eq. 15 written out: gates = conv_z(z) + conv_h(h) (3×3, reflect padding), c = σ(f)c + σ(i)tanh(g),
+    h = σ(o)tanh(c); without a state, the cell's first-step rule (zero state or release row 13)."""
+    def conv(x, layer):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), layer.weight, layer.bias)
+
+    if state is None and cell.first_step == "release":
+        i, _, o, g = conv(z, cell.conv_z).chunk(4, dim=1)
+        c = torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * c, c
+    if state is None:  # h = c = 0: conv_h(0) is conv_h's bias
+        c_prev, state_term = torch.zeros_like(z), cell.conv_h.bias.view(1, -1, 1, 1)
+    else:
+        c_prev, state_term = state[1], conv(state[0], cell.conv_h)
+    i, f, o, g = (conv(z, cell.conv_z) + state_term).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@pytest.mark.parametrize(("first_step", "with_state"), [("zero_state", False), ("release", False),
+                                                        ("zero_state", True)])
+def test_convlstm_fast_and_literal_forms_follow_eq15(first_step, with_state):
+    """The fast form (one convolution of Cat(z, h), tanh as 2σ(2x) − 1 inside one sigmoid pass) and the literal one
+    against Eq. 15 written out, in float64: values and every parameter gradient."""
     torch.manual_seed(0)
     cell = ConvLSTMCell(4, first_step).double()
     z, h, c = (torch.randn(2, 4, 6, 5, dtype=torch.float64) * 3 for _ in range(3))
+    state = (h, c) if with_state else None
     outs = {}
-    for stacked in (True, False):
-        cell.stacked = stacked
+    for form in ("fast", "literal", "eq15"):
+        cell.stacked = form == "fast"
         cell.zero_grad()
-        h2, c2 = cell(z, (h, c) if with_state else None)
+        h2, c2 = _eq15(cell, z, state) if form == "eq15" else cell(z, state)
         (h2.sum() + c2.square().sum()).backward()
-        outs[stacked] = (h2, c2, [p.grad.clone() for p in cell.parameters() if p.grad is not None])
-    assert len(outs[True][2]) == len(outs[False][2]) == (4 if with_state else 3 if first_step == "zero_state" else 2)
-    for a, b in zip(outs[True][:2], outs[False][:2]):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
-    for a, b in zip(outs[True][2], outs[False][2]):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        outs[form] = (h2, c2, [p.grad.clone() for p in cell.parameters() if p.grad is not None])
+    assert len(outs["eq15"][2]) == (4 if with_state else 3 if first_step == "zero_state" else 2)
+    for form in ("fast", "literal"):
+        for a, b in zip(outs[form][:2], outs["eq15"][:2]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+        assert len(outs[form][2]) == len(outs["eq15"][2])
+        for a, b in zip(outs[form][2], outs["eq15"][2]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_convlstm_keeps_small_candidates_in_bfloat16():
+    """In bfloat16, 2σ(2x) − 1 would round tanh of a small candidate to 0; the fast form keeps torch's tanh there."""
+    cell = ConvLSTMCell(2).bfloat16()
+    for layer in (cell.conv_z, cell.conv_h):
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    cell.conv_z.bias.data[6:] = 1e-3  # the candidate g; i = σ(0) = 0.5
+    z = torch.rand(1, 2, 4, 4, dtype=torch.bfloat16)
+    _, c = cell(z, None)
+    expected = 0.5 * torch.tanh(torch.tensor(1e-3))
+    torch.testing.assert_close(c.float(), torch.full_like(c.float(), expected.item()), rtol=1e-2, atol=0)
 
 
 def test_tanh_by_sigmoid_float32_round_off():

@@ -35,6 +35,7 @@ from engine.run_folder import RunFolderError, RunFolderLock, clear_run, existing
 from engine.runtime import autocast_context, init_distributed, resolve_device, seed_everything
 from engine.validation import evaluate_model
 from losses import LossSettings, UAAFusionLoss, segmentation_loss
+from losses.class_weights import resolve_seg_class_weights
 from models.uaafusion import UAAFusion, UAAFusionOutput, build_model
 
 log = logging.getLogger("uaafusion.train")
@@ -127,7 +128,7 @@ class Trainer:
         if self.tcfg["segmenter_checkpoint"]:
             self._load_segmenter(self.tcfg["segmenter_checkpoint"])
         loss_settings = LossSettings(**cfg["loss"], ignore_index=cfg["data"]["ignore_index"])
-        self.criterion = UAAFusionLoss(loss_settings)
+        self.criterion = UAAFusionLoss(loss_settings, self._seg_class_weights(loss_settings, data_cfg))
         self.joint = JointModel(self.model, loss_settings.seg_sources)
         self.ddp_joint = self.joint
         if self.dist.enabled:
@@ -167,6 +168,18 @@ class Trainer:
         keys = ("name", "root", "ir_dir", "vi_dir", "label_dir", "ignore_index", "num_classes", "min_spread",
                 "contrast_relative_to", "cache", "strict")
         return {k: d[k] for k in keys if d[k] is not None}
+
+    def _seg_class_weights(self, settings: LossSettings, data_cfg: dict) -> torch.Tensor | None:
+        """L_seg's class weights (``loss.seg_class_weights``, an extension); ``median`` reads the training labels."""
+        value = settings.seg_class_weights
+        if value is None:
+            return None
+        labels = build_dataset({**data_cfg, "mode": "full"}, self.cfg["data"]["train_split"]) if value == "median" \
+            else None
+        weights = resolve_seg_class_weights(value, self.num_classes, labels, settings.ignore_index)
+        log.info("L_seg class weights (%s, not in the paper): %s", value if isinstance(value, str) else "given",
+                 [round(float(w), 3) for w in weights])
+        return weights
 
     def _build_val_set(self, data_cfg: dict):
         d = self.cfg["data"]
@@ -387,7 +400,8 @@ class Trainer:
             ir, vi, labels = self._batch_to_device(batch)
             with autocast_context(self.cfg["amp"], self.device):
                 outs = [self.model.segmenter(ir), self.model.segmenter(vi)]
-            loss = segmentation_loss(outs, labels, loss_cfg.ignore_index, loss_cfg.ignore_classes)
+            loss = segmentation_loss(outs, labels, loss_cfg.ignore_index, loss_cfg.ignore_classes,
+                                     self.criterion.class_weights)
             self.pretrain_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.pretrain_optimizer.step()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from losses.class_weights import check_seg_class_weights
 from models.blocks import sobel_magnitude
 
 INTENSITY_FORMS = ("weighted", "release_squared_weight")
@@ -43,12 +44,14 @@ def gradient_loss(fused: torch.Tensor, ir: torch.Tensor, vi: torch.Tensor) -> to
 
 def segmentation_loss(
     outputs: Sequence[torch.Tensor], labels: torch.Tensor, ignore_index: int = 255,
-    ignore_classes: Sequence[int] = (),
+    ignore_classes: Sequence[int] = (), class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over the given segmenter outputs of the pixel-mean cross-entropy (Eq. 17's L_seg).
 
     Labels equal to ``ignore_index`` or in ``ignore_classes`` (release row 9: class 0) do not count.
     The outputs are fed to cross-entropy as they are (logits; the release feeds its sigmoid outputs).
+    ``class_weights`` (C,): an extension (``loss.seg_class_weights``): each pixel's loss weighted by its label's
+    weight, the mean taken as Σ w_y · CE / Σ w_y (PyTorch's weighted cross-entropy); None is the paper's L_seg.
     """
     if ignore_classes:
         drop = torch.zeros_like(labels, dtype=torch.bool)
@@ -57,7 +60,8 @@ def segmentation_loss(
         labels = labels.masked_fill(drop, ignore_index)
     if not bool((labels != ignore_index).any()):
         return sum(out.sum() * 0.0 for out in outputs) / len(outputs)  # nothing labelled: zero, graph kept
-    losses = [F.cross_entropy(out.float(), labels, ignore_index=ignore_index) for out in outputs]
+    weight = None if class_weights is None else class_weights.to(device=labels.device, dtype=torch.float32)
+    losses = [F.cross_entropy(out.float(), labels, weight=weight, ignore_index=ignore_index) for out in outputs]
     return sum(losses) / len(losses)
 
 
@@ -73,6 +77,11 @@ class LossSettings:
         intensity_form: ``weighted`` (paper) or ``release_squared_weight`` (row 7).
         ignore_index: label value that CE skips.
         ignore_classes: classes CE also skips (release row 9: [0]).
+        seg_class_weights: **an extension, not in the paper**: class weights of L_seg's cross-entropy (also in the
+            segmenter's pre-training), ``null`` (paper: plain cross-entropy), ``median`` (median-frequency weights
+            median(f)/f_c from the training labels' class shares, capped at 50; computed when training starts) or a
+            list of one number per class. Against a segmenter that predicts only a dominant class
+            (docs/RESULTS.md).
     """
 
     lambda_grad: float = 1.0
@@ -84,8 +93,10 @@ class LossSettings:
     intensity_form: str = "weighted"
     ignore_index: int = 255
     ignore_classes: list[int] = field(default_factory=list)
+    seg_class_weights: str | list[float] | None = None
 
     def __post_init__(self) -> None:
+        check_seg_class_weights(self.seg_class_weights)
         if self.intensity_form not in INTENSITY_FORMS:
             raise ValueError(f"loss.intensity_form must be one of {INTENSITY_FORMS}, got {self.intensity_form!r}")
         bad = [s for s in self.seg_sources if s not in SEG_SOURCES]
@@ -94,11 +105,19 @@ class LossSettings:
 
 
 class UAAFusionLoss(nn.Module):
-    """Eq. 16. ``forward`` returns {"total", and each active term: "int", "grad", "seg"} (scalars)."""
+    """Eq. 16. ``forward`` returns {"total", and each active term: "int", "grad", "seg"} (scalars).
 
-    def __init__(self, settings: LossSettings | None = None) -> None:
+    ``class_weights``: L_seg's resolved class weights (C,) (``losses.class_weights.resolve_seg_class_weights``), or
+    None for plain cross-entropy.
+    """
+
+    def __init__(self, settings: LossSettings | None = None, class_weights: torch.Tensor | None = None) -> None:
         super().__init__()
         self.settings = settings or LossSettings()
+        if class_weights is None and self.settings.seg_class_weights is not None:
+            raise ValueError("loss.seg_class_weights is set: pass the resolved class_weights "
+                             "(losses.class_weights.resolve_seg_class_weights)")
+        self.class_weights = class_weights
 
     def forward(
         self,
@@ -124,7 +143,7 @@ class UAAFusionLoss(nn.Module):
             if seg_outputs is None:
                 raise ValueError("segmentation loss needs the segmenter outputs for " + ", ".join(s.seg_sources))
             terms["seg"] = segmentation_loss([seg_outputs[k] for k in s.seg_sources], labels, s.ignore_index,
-                                             s.ignore_classes)
+                                             s.ignore_classes, self.class_weights)
             total = total + s.mu_seg * terms["seg"]
         terms["total"] = total
         return terms

@@ -22,28 +22,16 @@ from torch.utils.data import DataLoader
 
 from data.datasets import build_dataset
 from engine.runtime import configure_threads, tune_allocator
+from losses.class_weights import label_class_frequencies, median_frequency_weights
 from metrics.segmentation import class_scores, confusion_matrix
 from models.segmenter import build_segmenter, segment
 
 WEIGHTINGS = ("none", "median")
 
 
-def class_frequencies(dataset, num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """Pixel share of each class over the labels of a full-image dataset, (C,)."""
-    counts = np.zeros(num_classes)
-    for i in range(len(dataset)):
-        label = dataset[i]["label"].numpy().astype(np.int64)
-        counts += np.bincount(label[label != ignore_index], minlength=num_classes)[:num_classes]
-    return counts / max(counts.sum(), 1)
-
-
-def class_weights(freq: np.ndarray, weighting: str, cap: float = 50.0) -> torch.Tensor | None:
-    """None (plain cross-entropy) or median-frequency weights median(f)/f_c, capped (absent classes get the cap)."""
-    if weighting == "none":
-        return None
-    present = freq[freq > 0]
-    weights = np.where(freq > 0, np.median(present) / np.maximum(freq, 1e-12), cap)
-    return torch.tensor(np.minimum(weights, cap), dtype=torch.float32)
+def class_weights(freq: np.ndarray, weighting: str) -> torch.Tensor | None:
+    """None (plain cross-entropy) or median-frequency weights (``losses.class_weights``, capped at 50)."""
+    return None if weighting == "none" else median_frequency_weights(freq)
 
 
 def evaluate(segmenter, dataset, num_classes: int, limit: int | None = None) -> dict[str, dict]:
@@ -89,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                            "patch_size": args.patch, "seed": args.seed}, args.split)
     train_full = build_dataset({"name": args.name, "root": args.root, "mode": "full"}, args.split)
     val = build_dataset({"name": args.val_name, "root": args.val_root, "mode": "full"}, args.val_split)
-    freq = class_frequencies(train_full, args.classes)
+    freq = label_class_frequencies(train_full, args.classes)
     weights = class_weights(freq, args.weights)
     print("class frequencies:", np.round(freq, 4).tolist())
     print("class weights:", None if weights is None else np.round(weights.numpy(), 2).tolist())

@@ -1,0 +1,65 @@
+"""Class weights for L_seg's cross-entropy: an extension, not in the paper (its L_seg is plain cross-entropy).
+
+On small real sets the labels can be dominated by one class (MFNet: 93.7 % ``unlabelled``), and a segmenter trained
+with plain cross-entropy then predicts that class everywhere, which leaves the class-wise attribution of Eq. 5–8
+with one region (docs/RESULTS.md, "A probe of the collapse"). Median-frequency weighting (Eigen & Fergus, 2015)
+weights class c by median(f)/f_c, f the classes' pixel shares in the training labels.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+SEG_CLASS_WEIGHTINGS = ("median",)
+MEDIAN_WEIGHT_CAP = 50.0
+
+
+def label_class_frequencies(dataset, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Pixel share of each class over the ``label`` maps of a dataset's items, (C,); ``ignore_index`` not counted.
+    Labels outside [0, C) are ignored too."""
+    counts = np.zeros(num_classes)
+    for i in range(len(dataset)):
+        label = np.asarray(dataset[i]["label"]).astype(np.int64).ravel()
+        label = label[(label != ignore_index) & (label >= 0) & (label < num_classes)]
+        counts += np.bincount(label, minlength=num_classes)
+    return counts / max(counts.sum(), 1.0)
+
+
+def median_frequency_weights(freq: np.ndarray, cap: float = MEDIAN_WEIGHT_CAP) -> torch.Tensor:
+    """median(f)/f_c per class (the median over the classes present), at most ``cap``; absent classes get ``cap``.
+    freq: (C,) pixel shares. Returns (C,) float32."""
+    freq = np.asarray(freq, dtype=np.float64)
+    present = freq[freq > 0]
+    if present.size == 0:
+        raise ValueError("median-frequency class weights need labelled pixels; the training labels have none")
+    weights = np.where(freq > 0, np.median(present) / np.maximum(freq, 1e-300), cap)
+    return torch.tensor(np.minimum(weights, cap), dtype=torch.float32)
+
+
+def check_seg_class_weights(value: object) -> None:
+    """Raise a ValueError unless ``value`` is None, one of :data:`SEG_CLASS_WEIGHTINGS` or a list of numbers ≥ 0."""
+    if value is None or value in SEG_CLASS_WEIGHTINGS:
+        return
+    if isinstance(value, Sequence) and not isinstance(value, str) and value and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value):
+        return
+    raise ValueError(f"loss.seg_class_weights must be null, one of {SEG_CLASS_WEIGHTINGS} or a list of "
+                     f"non-negative numbers (one per class), got {value!r}")
+
+
+def resolve_seg_class_weights(value: object, num_classes: int, dataset=None,
+                              ignore_index: int = 255) -> torch.Tensor | None:
+    """The (C,) weights a setting stands for: None (plain cross-entropy), ``median`` (from ``dataset``'s labels) or
+    an explicit list of C numbers."""
+    check_seg_class_weights(value)
+    if value is None:
+        return None
+    if value == "median":
+        if dataset is None:
+            raise ValueError("loss.seg_class_weights: median needs the training labels")
+        return median_frequency_weights(label_class_frequencies(dataset, num_classes, ignore_index))
+    if len(value) != num_classes:
+        raise ValueError(f"loss.seg_class_weights has {len(value)} values but the dataset has {num_classes} classes")
+    return torch.tensor([float(v) for v in value], dtype=torch.float32)

@@ -128,7 +128,7 @@ class Trainer:
         if self.tcfg["segmenter_checkpoint"]:
             self._load_segmenter(self.tcfg["segmenter_checkpoint"])
         loss_settings = LossSettings(**cfg["loss"], ignore_index=cfg["data"]["ignore_index"])
-        self.criterion = UAAFusionLoss(loss_settings, self._seg_class_weights(loss_settings, data_cfg))
+        self.criterion = UAAFusionLoss(loss_settings, self._seg_class_weights(loss_settings))
         self.joint = JointModel(self.model, loss_settings.seg_sources)
         self.ddp_joint = self.joint
         if self.dist.enabled:
@@ -169,14 +169,14 @@ class Trainer:
                 "contrast_relative_to", "cache", "strict")
         return {k: d[k] for k in keys if d[k] is not None}
 
-    def _seg_class_weights(self, settings: LossSettings, data_cfg: dict) -> torch.Tensor | None:
-        """L_seg's class weights (``loss.seg_class_weights``, an extension); ``median`` reads the training labels."""
+    def _seg_class_weights(self, settings: LossSettings) -> torch.Tensor | None:
+        """L_seg's class weights (``loss.seg_class_weights``, an extension); ``median`` uses the class pixel counts
+        of the training labels, which the dataset scans when it is built."""
         value = settings.seg_class_weights
         if value is None:
             return None
-        labels = build_dataset({**data_cfg, "mode": "full"}, self.cfg["data"]["train_split"]) if value == "median" \
-            else None
-        weights = resolve_seg_class_weights(value, self.num_classes, labels, settings.ignore_index)
+        scan = self.train_set.label_scan or self.train_set._scan_labels()
+        weights = resolve_seg_class_weights(value, self.num_classes, scan.class_pixels)
         log.info("L_seg class weights (%s, not in the paper): %s", value if isinstance(value, str) else "given",
                  [round(float(w), 3) for w in weights])
         return weights

@@ -16,17 +16,6 @@ SEG_CLASS_WEIGHTINGS = ("median",)
 MEDIAN_WEIGHT_CAP = 50.0
 
 
-def label_class_frequencies(dataset, num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """Pixel share of each class over the ``label`` maps of a dataset's items, (C,); ``ignore_index`` not counted.
-    Labels outside [0, C) are ignored too."""
-    counts = np.zeros(num_classes)
-    for i in range(len(dataset)):
-        label = np.asarray(dataset[i]["label"]).astype(np.int64).ravel()
-        label = label[(label != ignore_index) & (label >= 0) & (label < num_classes)]
-        counts += np.bincount(label, minlength=num_classes)
-    return counts / max(counts.sum(), 1.0)
-
-
 def median_frequency_weights(freq: np.ndarray, cap: float = MEDIAN_WEIGHT_CAP) -> torch.Tensor:
     """median(f)/f_c per class (the median over the classes present), at most ``cap``; absent classes get ``cap``.
     freq: (C,) pixel shares. Returns (C,) float32."""
@@ -49,17 +38,19 @@ def check_seg_class_weights(value: object) -> None:
                      f"non-negative numbers (one per class), got {value!r}")
 
 
-def resolve_seg_class_weights(value: object, num_classes: int, dataset=None,
-                              ignore_index: int = 255) -> torch.Tensor | None:
-    """The (C,) weights a setting stands for: None (plain cross-entropy), ``median`` (from ``dataset``'s labels) or
-    an explicit list of C numbers."""
+def resolve_seg_class_weights(value: object, num_classes: int,
+                              class_pixels: np.ndarray | None = None) -> torch.Tensor | None:
+    """The (C,) weights a setting stands for: None (plain cross-entropy), ``median`` (from ``class_pixels``, the
+    training labels' pixel count per class, e.g. ``PairedFolderDataset.label_scan.class_pixels``) or an explicit
+    list of C numbers."""
     check_seg_class_weights(value)
     if value is None:
         return None
     if value == "median":
-        if dataset is None:
-            raise ValueError("loss.seg_class_weights: median needs the training labels")
-        return median_frequency_weights(label_class_frequencies(dataset, num_classes, ignore_index))
+        if class_pixels is None:
+            raise ValueError("loss.seg_class_weights: median needs the training labels' class pixel counts")
+        counts = np.asarray(class_pixels, dtype=np.float64)
+        return median_frequency_weights(counts / max(counts.sum(), 1.0))
     if len(value) != num_classes:
         raise ValueError(f"loss.seg_class_weights has {len(value)} values but the dataset has {num_classes} classes")
     return torch.tensor([float(v) for v in value], dtype=torch.float32)

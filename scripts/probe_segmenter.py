@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from data.datasets import build_dataset
 from engine.runtime import configure_threads, tune_allocator
-from losses.class_weights import label_class_frequencies, median_frequency_weights
+from losses.class_weights import median_frequency_weights
 from metrics.segmentation import class_scores, confusion_matrix
 from models.segmenter import build_segmenter, segment
 
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                            "patch_size": args.patch, "seed": args.seed}, args.split)
     train_full = build_dataset({"name": args.name, "root": args.root, "mode": "full"}, args.split)
     val = build_dataset({"name": args.val_name, "root": args.val_root, "mode": "full"}, args.val_split)
-    freq = label_class_frequencies(train_full, args.classes)
+    counts = train.label_scan.class_pixels.astype(np.float64)  # scanned by the dataset when it was built
+    freq = counts / max(counts.sum(), 1.0)
     weights = class_weights(freq, args.weights)
     print("class frequencies:", np.round(freq, 4).tolist())
     print("class weights:", None if weights is None else np.round(weights.numpy(), 2).tolist())

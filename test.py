@@ -2,10 +2,11 @@
 
     python test.py --checkpoint checkpoints/uaafusion_mfnet.pt --ir DIR --vi DIR --out DIR
     python test.py --config configs/official_release.yaml --checkpoint release.pt --ir DIR --vi DIR --out DIR
-        --stretch --chroma release --save-npy --save-maps
+        --stretch --chroma release --input-reading release --save-npy --save-maps
 
 Exit code 0 when every pair was fused, 1 when any pair or file failed (each is named on stderr), 2 on a
-usage or set-up error (missing folder, unreadable checkpoint, bad config or option), checked before any work.
+usage or set-up error (missing folder, unreadable checkpoint, bad config or option, an output folder in which no
+file can be created), checked before any work.
 """
 from __future__ import annotations
 
@@ -41,15 +42,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stretch", action="store_true", help="per-image min-max stretch (release) instead of clamping")
     p.add_argument("--chroma", choices=("visible", "release"), default=None,
                    help="chroma of the visible image (default) or the release's weighted chroma of both")
+    p.add_argument("--input-reading", choices=("exact", "release"), default=None,
+                   help="exact v/255 luminance (default) or the release's float32 YCrCb of 8-bit RGB (release row 16; "
+                        "default: the config's test.input_reading)")
     p.add_argument("--batch", type=int, default=None, help="pairs of the same size fused together (default 1)")
     p.add_argument("--tile", type=int, default=None,
-                   help="fuse in tiles of this side (> 32, the overlap) to bound memory")
+                   help="fuse in tiles of this side (at least 64, twice the 32-pixel overlap) to bound memory")
     p.add_argument("--max-memory", type=float, default=None, metavar="GB",
                    help="fuse in tiles when an image would need more memory (default: the config's "
                         f"test.max_memory_gb, {DEFAULT_MAX_MEMORY_GB:g}; 0 = never tile automatically)")
     p.add_argument("--save-npy", action="store_true", help="also write OUT/npy/NAME.npy (raw output)")
-    p.add_argument("--save-maps", action="store_true", help="also write OUT/maps/ (w_ir, w_vi, attention per stage)")
-    p.add_argument("--ext", default=".png", help="output image extension (default .png)")
+    p.add_argument("--save-maps", action="store_true",
+                   help="also write OUT/maps/ (w_ir, w_vi, attention per stage, the regions as class indices and "
+                        "colour)")
+    p.add_argument("--ext", default=".png",
+                   help="output image format, lossless and read back by eval_metrics.py: .png (default), .bmp, .tif, "
+                        ".tiff")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores; never more)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -64,7 +72,8 @@ def settings_from(args: argparse.Namespace, cfg: dict) -> FuseSettings:
         tile=args.tile if args.tile is not None else t["tile"], max_memory_gb=max_memory,
         save_npy=args.save_npy, save_maps=args.save_maps, extension=args.ext,
         batch_size=args.batch if args.batch is not None else t["batch_size"],
-        amp=args.amp or cfg["amp"], precision=args.precision, labels_dir=args.labels, show_progress=not args.quiet,
+        amp=args.amp or cfg["amp"], precision=args.precision, labels_dir=args.labels,
+        input_reading=args.input_reading or t["input_reading"], show_progress=not args.quiet,
     )
 
 

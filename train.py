@@ -11,7 +11,9 @@ and a folder that already holds a run is only reused with --resume (continue) or
 Ctrl-C (SIGINT) or SIGTERM saves a resumable last.pt after the step in progress (a second Ctrl-C stops at once).
 
 Exit codes: 0 done (or nothing left to do), 1 dataset check failed, 2 bad config, data, checkpoint, device or run
-folder, 3 non-finite loss with ``train.on_nonfinite_loss: stop``, 4 a file could not be written (disk full,
+folder (also a structure-changing ``--set`` on ``--resume``), 3 non-finite: a NaN/Inf loss with
+``train.on_nonfinite_loss: stop``, weights that became NaN/Inf, or an epoch in which every loss was non-finite (no
+optimiser step; no checkpoint of non-finite weights is ever written), 4 a file could not be written (disk full,
 permissions), 130 / 143 interrupted by SIGINT / SIGTERM (state saved).
 """
 from __future__ import annotations
@@ -24,10 +26,10 @@ import sys
 from pathlib import Path
 
 from engine.checkpoint import CheckpointError
-from engine.config import ConfigError, load_config, load_saved_config
-from engine.run_folder import RunFolderError
+from engine.config import ConfigError, load_config, load_saved_config, parse_override
+from engine.run_folder import RunFolderError, RunFolderLock
 from engine.runtime import DeviceError, local_world_size, prepare_process, resolve_device
-from engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+from engine.trainer import NonFiniteError, Trainer, TrainingInterrupted
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_NONFINITE, EXIT_WRITE = 0, 1, 2, 3, 4
 
@@ -56,16 +58,29 @@ def _run_dir(args: argparse.Namespace) -> Path:
     return Path(args.run_dir or f"runs/{Path(args.config or 'default').stem}")
 
 
+def _check_resume_overrides(overrides: list[str]) -> None:
+    """Refuse ``--set`` of a key that shapes the model (``fusion.*``, ``segmenter.*``, ``data.num_classes``) on
+    ``--resume``, before anything loads: the run's weights cannot be resumed into another structure."""
+    for text in overrides:
+        parts = parse_override(text)[0]
+        key = ".".join(parts)
+        if parts[0] in ("fusion", "segmenter") or parts[:2] == ["data", "num_classes"]:
+            raise ConfigError(f"--set {text}: '{key}' changes the model's structure, which a resumed run keeps; "
+                              "start a new run (--run-dir NEW, or --overwrite) to change it")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run_dir = _run_dir(args)
-    trainer = None
+    trainer = lock = None
+    created = not run_dir.exists()
     try:
         prepare_process(args.threads, processes=local_world_size())
         if args.resume is not None:
             if args.overwrite:
                 raise ConfigError("--resume continues a run and --overwrite replaces it: give one of them")
+            _check_resume_overrides(args.overrides)
             if not run_dir.is_dir():
                 raise RunFolderError(f"nothing to resume: run folder {run_dir} does not exist"
                                      + ("" if args.resume else " (give the folder: --resume RUN_DIR)"))
@@ -81,6 +96,8 @@ def main(argv=None) -> int:
         resolve_device(cfg["device"])  # fails early, with a message, when CUDA is asked for and absent
 
         first_rank = int(os.environ.get("RANK", "0")) == 0
+        if first_rank:  # a busy folder is refused before the dataset check (seconds); the Trainer shares this lock
+            lock = RunFolderLock(run_dir).acquire()
         if cfg["data"]["check"] and not args.skip_check and args.resume is None and first_rank:
             from engine.dataset_check import check_before_training
 
@@ -104,7 +121,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted before a step finished; nothing new was saved", file=sys.stderr)
         return 128 + signal.SIGINT
-    except NonFiniteLossError as err:
+    except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
     except (ConfigError, CheckpointError, RunFolderError, DeviceError, FileNotFoundError, ValueError,
@@ -114,10 +131,25 @@ def main(argv=None) -> int:
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_WRITE
+    finally:
+        if lock is not None:
+            lock.release()
+            if created and trainer is None:  # the run never started: leave no folder behind
+                _remove_unused_folder(run_dir)
     written = [name for name in ("last.pt", "best.pt") if (run_dir / name).is_file()]
     print(f"done: {', '.join(written) or 'no checkpoint'} in {run_dir}; TensorBoard: "
           f"{Path(sys.executable).parent / 'tensorboard'} --logdir {run_dir / 'tb'}")
     return EXIT_OK
+
+
+def _remove_unused_folder(run_dir: Path) -> None:
+    """Remove a run folder this process created and left holding only its (released) lock file."""
+    try:
+        if {p.name for p in run_dir.iterdir()} <= {".lock"}:
+            (run_dir / ".lock").unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:
+        pass
 
 
 def _stop_gracefully_on_signals(trainer: Trainer) -> dict:

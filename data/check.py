@@ -88,9 +88,7 @@ def _check_split(
     ignore_index: int | None,
 ) -> None:
     pairs, problems = pair_files(ir_dir, vi_dir, label_dir)
-    # Duplicate stems are only a warning: the dataset uses the first file and goes on.
-    report.problems += [p for p in problems if p.kind != "duplicate-stem"]
-    report.warnings += [p for p in problems if p.kind == "duplicate-stem"]
+    report.problems += problems  # an ambiguous stem (a.png and a.jpg) too: none of its files is used
     report.pairs[key] = len(pairs)
     paired = {p.ir for p in pairs} | {p.vi for p in pairs} | {p.label for p in pairs if p.label is not None}
     # Unpaired files are still checked for readability, so that one run shows every broken file.

@@ -387,8 +387,32 @@ def split_luma_chroma(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
     return np.ascontiguousarray(ycrcb[..., 0]), np.ascontiguousarray(ycrcb[..., 1:])
 
 
-def load_fusion_pair(ir_path: PathLike, vi_path: PathLike) -> dict[str, Any]:
+INPUT_READINGS = ("exact", "release")
+
+
+def release_luminance(path: PathLike) -> np.ndarray:
+    """Y of an image file as the authors' release reads its test inputs (release row 16).
+
+    The file is decoded as 8-bit BGR (a gray file becomes three equal channels, a 16-bit one is reduced to 8 bits),
+    converted to float32 RGB in [0, 255], then to YCrCb by OpenCV in float32, and Y is divided by 255 in float32.
+    For an 8-bit gray value v this is 0.299 v + 0.587 v + 0.114 v rounded in float32, then / 255, which can differ
+    from the exact v / 255 by a few units of float32 round-off (up to about 6e-8). EXIF orientation is ignored, as by
+    every reader here. Returns (H, W) float32 in [0, 1].
+    """
+    buffer = read_file_bytes(path)
+    bgr = _decode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION, path)
+    if bgr is None or bgr.size == 0:
+        raise ImageReadError(path, _undecodable_reason(buffer))
+    rgb = cv2.cvtColor(bgr.astype(np.float32), cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[..., 0]) / np.float32(255.0)
+
+
+def load_fusion_pair(ir_path: PathLike, vi_path: PathLike, reading: str = "exact") -> dict[str, Any]:
     """Read an infrared/visible pair as the fusion network sees it.
+
+    ``reading``: ``exact`` (the luminance of :func:`read_image`'s [0, 1] values; a gray file gives exactly v / 255)
+    or ``release`` (the luminance as the authors' release computes it, :func:`release_luminance`; chroma as in
+    ``exact``).
 
     Returns:
         dict with ``ir`` (H, W) float32 in [0, 1] (a colour infrared file is reduced to its luminance),
@@ -408,6 +432,10 @@ def load_fusion_pair(ir_path: PathLike, vi_path: PathLike) -> dict[str, Any]:
                         "a pair must have the same size")
     ir_y, ir_crcb = split_luma_chroma(ir_img)
     vi_y, vi_crcb = split_luma_chroma(vi_img)
+    if reading == "release":
+        ir_y, vi_y = release_luminance(ir_path), release_luminance(vi_path)
+    elif reading != "exact":
+        raise ValueError(f"input reading must be one of {INPUT_READINGS}, got {reading!r}")
     return {
         "ir": ir_y,
         "vi_y": vi_y,

@@ -41,14 +41,20 @@ class PairPaths:
     label: Path | None = None
 
 
+def ambiguous_stem(paths: list[Path]) -> str:
+    """The one rule for a stem that several image files share (``a.png`` and ``a.jpg``), in ``test.py``, training and
+    ``eval_metrics.py`` alike: it is ambiguous, none of them is used, and this says so naming the files."""
+    return f"ambiguous: {', '.join(sorted(p.name for p in paths))} share the stem; none is used (keep one of them)"
+
+
 def list_images(folder: PathLike) -> tuple[dict[str, Path], list[Problem]]:
     """Map file stem -> image path for the image files directly inside ``folder`` (the extensions of
     :data:`data.io.IMAGE_EXTENSIONS`, case-insensitive).
 
     Returns:
-        (stems, problems): problems report a missing or empty folder, stems present under two extensions (the
-        first in sorted order is kept, as before), and entries named like images that are not files (a folder,
-        a broken link), by name.
+        (stems, problems): problems report a missing or empty folder, stems present under two extensions (ambiguous:
+        none of the files is used; :func:`ambiguous_stem`), and entries named like images that are not files (a
+        folder, a broken link), by name.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -57,14 +63,11 @@ def list_images(folder: PathLike) -> tuple[dict[str, Path], list[Problem]]:
     stems = dict(listing.files)
     problems: list[Problem] = []
     for stem, paths in sorted(listing.duplicates.items()):
-        ordered = sorted(paths)
-        stems[stem] = ordered[0]
-        problems.extend(Problem("duplicate-stem", str(path), f"same stem as '{ordered[0].name}'; only that file "
-                                                             "is used") for path in ordered[1:])
+        problems.append(Problem("duplicate-stem", str(folder / stem), ambiguous_stem(paths)))
     for stem, reason in sorted(listing.unusable.items()):
         problems.append(Problem("unusable", str(folder / stem), reason))
     stems = dict(sorted(stems.items()))
-    if not stems:
+    if not listing:  # nothing named like an image (ambiguous or unusable entries are reported above)
         problems.append(Problem("empty-folder", str(folder), f"no image files ({', '.join(IMAGE_EXTENSIONS)})"))
     return stems, problems
 
@@ -86,7 +89,7 @@ def pair_files(
         label_files, label_problems = list_images(label_dir)
         problems += label_problems
     pairs: list[PairPaths] = []
-    named = {Path(p.path).name for p in problems if p.kind == "unusable"}  # already reported by name
+    named = {Path(p.path).name for p in problems if p.kind in ("unusable", "duplicate-stem")}  # already reported
     for stem in sorted(set(ir_files) | set(vi_files)):
         ir, vi = ir_files.get(stem), vi_files.get(stem)
         if (ir is None or vi is None) and stem in named:

@@ -11,6 +11,7 @@ import io
 import pickle
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,25 +69,120 @@ def _numpy_array_globals() -> list:
     return found
 
 
+class CodeInFileError(CheckpointError):
+    """Loading the file would unpickle objects other than tensors and plain values (and so could run code);
+    ``detail`` names them."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class NotACheckpointError(CheckpointError):
+    """The file is not a PyTorch checkpoint at all (neither a zip archive nor a pickle); ``reason`` says what it is."""
+
+    def __init__(self, path: str | Path, what: str, reason: str) -> None:
+        super().__init__(f"{what} {path} is not a PyTorch checkpoint: {reason}")
+        self.reason = reason
+
+
+_ZIP_SIGNATURE, _PICKLE_PROTOCOL = b"PK\x03\x04", b"\x80"  # torch.save's zip format; a pickle (protocol >= 2)
+# what a legacy (pickle) torch.save file imports by itself: tensors rebuilt from typed storages
+_TORCH_GLOBAL = re.compile(r"^(torch\._utils\._rebuild_\w+|torch\.\w*Storage|torch\.Size|collections\.OrderedDict)$")
+
+
+def pickle_imports(path: str | Path, pickles: int = 5) -> list[str] | None:
+    """The names (``module.name``) that the pickles at the start of ``path`` would import when unpickled, read with
+    ``pickletools`` (nothing is unpickled); None when the file does not start with a complete pickle. A legacy
+    ``torch.save`` file is several pickles in a row (then raw storage bytes): up to ``pickles`` are read."""
+    import pickletools
+
+    names: list[str] = []
+    with open(path, "rb") as handle:
+        for index in range(pickles):
+            strings: list[str] = []
+            try:
+                for opcode, arg, _ in pickletools.genops(handle):
+                    if isinstance(arg, str) and "UNICODE" in opcode.name:
+                        strings.append(arg)
+                    elif opcode.name in ("GLOBAL", "INST"):
+                        names.append(str(arg).replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL":
+                        names.append(".".join(strings[-2:]) if len(strings) >= 2 else "an object")
+            except Exception:  # noqa: BLE001 — not a pickle, a truncated one, or the raw bytes after the pickles
+                return None if index == 0 else names
+            if handle.peek(1)[:1] != _PICKLE_PROTOCOL:  # no further pickle follows
+                break
+    return names
+
+
+def describe_load_failure(path: str | Path, what: str, err: Exception) -> CheckpointError:
+    """What went wrong when ``torch.load(weights_only=True)`` failed, in words (never torch's advice to load the
+    file with ``weights_only=False``)."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    found = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+)", str(err))
+    refused = f"{what} {path} was refused: loading it would run code (it would unpickle objects other than " \
+              "tensors and plain values: {}); files that run code on load are never loaded"
+    if isinstance(err, pickle.UnpicklingError) and found:
+        return CodeInFileError(refused.format(found.group(1)), found.group(1))
+    if head.startswith(_PICKLE_PROTOCOL):
+        names = pickle_imports(path)
+        foreign = [name for name in names or [] if not _TORCH_GLOBAL.match(name)]
+        if foreign:
+            detail = "GLOBAL " + ", ".join(dict.fromkeys(foreign))
+            return CodeInFileError(refused.format(detail), detail)
+        if names == []:
+            return NotACheckpointError(path, what, "it is a plain pickle of Python values (written with pickle.dump, "
+                                                   "not torch.save)")
+    elif not head.startswith(_ZIP_SIGNATURE):
+        return NotACheckpointError(path, what, f"neither a zip archive written by torch.save nor a pickle (it starts "
+                                               f"with {head!r})")
+    first = str(err).splitlines()[0] if str(err) else ""
+    if "weights_only" in first:  # torch's advice to load with weights_only=False: never passed on
+        first = "objects other than tensors and plain values"
+    return CheckpointError(f"{what} {path} is truncated or corrupted ({type(err).__name__}: {first})")
+
+
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
     """``torch.load`` that never executes code from the file (weights only, plus NumPy arrays).
 
     Raises:
-        CheckpointError: the file is truncated/corrupted, or needs to unpickle other objects (refused).
+        CheckpointError: the file is truncated/corrupted; :class:`NotACheckpointError` when it is no PyTorch file
+            at all; :class:`CodeInFileError` when it would unpickle other objects (refused, never run).
     """
     try:
-        with torch.serialization.safe_globals(_numpy_array_globals()):
+        with torch.serialization.safe_globals(_numpy_array_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a foreign pickle: said below
             return torch.load(path, map_location=map_location, weights_only=True)
     except (OSError, MemoryError):  # the file could not be read at all: not a damaged checkpoint
         raise
-    except Exception as err:  # noqa: BLE001 — truncated zip, bad data, wrong format: all the same to the user
-        found = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+)", str(err))
-        if isinstance(err, pickle.UnpicklingError) and found:
-            raise CheckpointError(f"{what} {path} was refused: loading it would unpickle objects other than "
-                                  f"tensors and plain values ({found.group(1)}); files that run code on load are "
-                                  "never loaded") from err
-        raise CheckpointError(f"{what} {path} is truncated or corrupted ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    except Exception as err:  # noqa: BLE001 — truncated zip, bad data, wrong format: sorted out there
+        raise describe_load_failure(path, what, err) from err
+
+
+def state_mismatch(model: torch.nn.Module, state: dict[str, Any], num_classes: int | None = None) -> str:
+    """How ``state`` differs from ``model.state_dict()``, in one line: the class count when only the class layers
+    differ (their first dimension), else the number of missing / unexpected keys and of shape mismatches."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if num_classes and shapes and not missing and not unexpected:
+        class_layers = [k for k in shapes if expected[k].dim() and state[k].dim()
+                        and expected[k].shape[0] == num_classes and state[k].shape[1:] == expected[k].shape[1:]]
+        counts = {int(state[k].shape[0]) for k in class_layers}
+        if len(class_layers) == len(shapes) and len(counts) == 1:
+            return f"the checkpoint has {counts.pop()} classes, the config/model {num_classes}"
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} key(s) missing from the checkpoint (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} key(s) the model does not have (e.g. {unexpected[0]})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[0]}: checkpoint {tuple(state[shapes[0]].shape)}"
+                     f", model {tuple(expected[shapes[0]].shape)})")
+    return "; ".join(parts) or "the state dict does not fit"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -96,14 +192,26 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def check_checkpoint_file(path: Path, what: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` when ``path`` is missing, a folder or empty."""
+    if path.is_dir():
+        inside = [name for name in ("last.pt", "best.pt") if (path / name).is_file()]
+        hint = f" (it holds {' and '.join(inside)}: give one of them)" if inside else ""
+        raise CheckpointError(f"{what} {path} is a folder, not a checkpoint file{hint}")
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path} is empty (0 bytes)")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint, raising :class:`CheckpointError` with the file name on any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
-    payload = safe_torch_load(path, map_location, what="checkpoint")
+    check_checkpoint_file(path)
+    try:
+        payload = safe_torch_load(path, map_location, what="checkpoint")
+    except NotACheckpointError as err:
+        raise CheckpointError(f"{path} is not a UAAFusion checkpoint: {err.reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a UAAFusion checkpoint (no '{FORMAT}' marker); "
                               "convert release weights with scripts/convert_release_checkpoint.py")
@@ -138,8 +246,9 @@ def load_model_from_checkpoint(path: str | Path, cfg: dict | None = None, device
     state = {k: v.float() if torch.is_floating_point(v) else v for k, v in payload["model"].items()}
     try:
         model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit the model built from the config: {err}") from err
+    except RuntimeError:
+        raise CheckpointError(f"checkpoint {path} does not fit the model built from the config: "
+                              f"{state_mismatch(model, state, num_classes)}") from None
     payload["config"] = cfg
     return model.eval(), payload
 

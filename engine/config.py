@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -90,12 +91,16 @@ RUN_SETTINGS: dict[str, dict[str, tuple[Any, str]]] = {
         "on_nonfinite_loss": ("skip", "skip | stop: what a NaN/Inf loss does"),
         "checkpoint_every_steps": (None, "also write last.pt every N steps (exact mid-epoch resume)"),
         "grad_clip": (None, "clip the gradient norm to this value"),
+        "grad_clip_scope": ("all", "all | optimizer: one norm over every parameter, or one per optimizer (with "
+                                   "separate_segmenter_optimizer, the fusion network's own norm; not in the paper)"),
     },
     "test": {
         "output": ("clamp", "clamp | stretch (release row 14): how the output becomes 8-bit"),
         "chroma": ("visible", "visible | release (row 14: saturation-weighted chroma of both sources)"),
+        "input_reading": ("exact", "exact | release (row 16: luminance via float32 YCrCb of 8-bit RGB in [0, 255])"),
         "batch_size": (1, "pairs of one size fused together"),
-        "tile": (None, "fuse in tiles of this side (> 32; bounded memory); null: whole images ..."),
+        "tile": (None, "fuse in tiles of this side (at least 64, twice the 32-pixel overlap; bounded memory); "
+                       "null: whole images ..."),
         "max_memory_gb": (8.0, "... or tiles chosen automatically when an image would need more memory"),
     },
 }
@@ -211,6 +216,11 @@ class ConfigError(ValueError):
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
     if key in OPTIONAL_TYPES:
+        if isinstance(value, str) and float in OPTIONAL_TYPES[key]:  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if value is None or isinstance(value, OPTIONAL_TYPES[key]) and not isinstance(value, bool):
             return value
         names = "/".join(t.__name__ for t in OPTIONAL_TYPES[key])
@@ -256,6 +266,25 @@ def merge(base: dict, update: dict, prefix: str = "") -> dict:
     return out
 
 
+class _RepeatedKeyError(yaml.YAMLError):
+    """A mapping of a YAML file gives the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (instead of keeping the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool):
+                if key in seen:
+                    raise _RepeatedKeyError(f"key '{key}' is given twice (lines {seen[key]} and {line}); keep one")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in chain:
@@ -271,7 +300,9 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     except OSError as err:
         raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from err
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader that refuses repeated keys
+    except _RepeatedKeyError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if data is None:
@@ -321,7 +352,7 @@ _LOWER_BOUNDS = {
     "train.max_steps_per_epoch": 1, "train.checkpoint_every_steps": 1, "train.log_every": 1,
     "train.image_log_every": 1, "train.val_every": 1, "data.patch_size": 16, "data.num_workers": 0,
     "data.val_pairs": 0, "fusion.stages": 1, "fusion.channels": 2, "attribution.ig_steps": 1,
-    "attribution.attention_substeps": 1, "test.batch_size": 1, "train.grad_clip": 0,
+    "attribution.attention_substeps": 1, "test.batch_size": 1, "train.grad_clip": 0, "test.tile": 64,
 }
 _POSITIVE = ("train.lr", "train.segmenter_lr", "train.lr_gamma", "test.max_memory_gb")
 
@@ -351,8 +382,12 @@ def _drop_merged_keys(cfg: dict) -> dict:
 
 
 def check_values(cfg: dict) -> dict:
-    """Reject values that have the right type but cannot work (e.g. ``train.epochs: 0``); returns ``cfg``."""
+    """Reject values that have the right type but cannot work (e.g. ``train.epochs: 0``, a NaN or infinite
+    number anywhere); returns ``cfg``."""
     flat = flatten(cfg)
+    for key, value in flat.items():
+        if not all(math.isfinite(number) for number in _floats(value)):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
     for key, low in _LOWER_BOUNDS.items():
         value = flat.get(key)
         if value is not None and value < low:
@@ -365,6 +400,15 @@ def check_values(cfg: dict) -> dict:
         raise ConfigError(f"data.ignore_index {cfg['data']['ignore_index']} is a class index "
                           f"(data.num_classes {cfg['data']['num_classes']})")
     return cfg
+
+
+def _floats(value: Any) -> list[float]:
+    """The floats of a value, including those inside (nested) lists."""
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [number for item in value for number in _floats(item)]
+    return []
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -401,7 +445,9 @@ def load_saved_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 — safe, see above
+    except _RepeatedKeyError as err:
+        raise ConfigError(f"saved config {path}: {err}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"saved config {path} cannot be read: {err}") from err
     if not isinstance(data, dict):

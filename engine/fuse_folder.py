@@ -7,9 +7,13 @@ partner, a size mismatch or an unreadable file is reported by name and skipped. 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +24,8 @@ from tqdm import tqdm
 
 from data.datasets import pair_files
 from data.io import (
+    IMAGE_EXTENSIONS,
+    INPUT_READINGS,
     ImageReadError,
     ImageWriteError,
     PairError,
@@ -31,6 +37,7 @@ from data.io import (
     recombine_color,
     same_file,
 )
+from data.layouts import colorize_labels
 from engine.inference import MIN_TILE, TILE_OVERLAP, fuse, tile_for_budget
 from models.uaafusion import UAAFusion, UAAFusionOutput
 from utils.atomic import atomic_write_group
@@ -42,6 +49,9 @@ CHROMAS = ("visible", "release")
 PRECISIONS = ("float32", "float64")
 AMPS = ("none", "bf16", "fp16")
 DEFAULT_MAX_MEMORY_GB = 8.0
+# output formats: lossless, and read back by every tool of the project (data.io.IMAGE_EXTENSIONS)
+OUTPUT_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+assert set(OUTPUT_EXTENSIONS) <= set(IMAGE_EXTENSIONS)
 
 
 @dataclass
@@ -51,19 +61,25 @@ class FuseSettings:
     Attributes:
         output: ``clamp`` (default) or ``stretch`` (the release's per-image min–max, release row 14).
         chroma: ``visible`` (chroma of the visible image) or ``release`` (row 14's weighted chroma of both).
-        tile: fuse in tiles of this side (more than the 32-pixel overlap); None: whole images, or automatic
-            tiles (at least 64) when an image would need more than ``max_memory_gb``.
+        tile: fuse in tiles of this side (at least 64, twice the 32-pixel overlap, so that every tile advances by
+            at least 32 pixels); None: whole images, or automatic tiles (at least 64) when an image would need more
+            than ``max_memory_gb``.
         max_memory_gb: memory budget that chooses tiles automatically (None: never tile automatically).
         save_npy: also write ``out/npy/NAME.npy``, the raw (H, W) output before clamping/stretching (float32,
             float64 with ``precision: float64``).
-        save_maps: also write ``out/maps/NAME_w_ir/_w_vi/_att{k}.npy`` and PNG heat-maps.
-        extension: output image extension (``.png``, ``.jpg``, ``.bmp``, ``.tif``, ...).
+        save_maps: also write ``out/maps/NAME_w_ir/_w_vi/_att{k}.npy`` and PNG heat-maps, and the regions of the
+            attribution (the segmenter's classes on I^(0), or the given labels) as ``NAME_regions.png`` (uint8
+            class index, the input's size) and ``NAME_regions_color.png`` (the class palette of ``data.layouts``).
+        extension: output image extension, one of :data:`OUTPUT_EXTENSIONS` (lossless formats that the project's
+            readers, ``eval_metrics.py`` included, read back unchanged).
         batch_size: consecutive pairs of the same size fused together (attribution runs per image, so results
             equal single-pair fusion up to float32 round-off of the batched fusion network; docs/DECISIONS.md).
         amp: ``none`` (float32), ``bf16`` or ``fp16`` autocast for the fusion network (engine.runtime).
         precision: ``float32`` or ``float64`` (model and inputs; the exact mode for comparing implementations).
         labels_dir: regions from ground-truth label maps paired by file stem (the training path) instead of the
             segmenter's argmax on I^(0).
+        input_reading: ``exact`` (v / 255 for 8-bit gray files) or ``release`` (the luminance as the authors'
+            release reads it: float32 YCrCb of 8-bit RGB in [0, 255], Y / 255; release row 16).
         show_progress: progress bars (over pairs, and over the tiles of a tiled image).
     """
 
@@ -78,25 +94,31 @@ class FuseSettings:
     amp: str = "none"
     precision: str = "float32"
     labels_dir: str | None = None
+    input_reading: str = "exact"
     show_progress: bool = True
 
     def validate(self) -> None:
         """Raise ValueError naming the first unusable setting (checked before any work)."""
-        choices = {"output": OUTPUTS, "chroma": CHROMAS, "precision": PRECISIONS, "amp": AMPS}
+        choices = {"output": OUTPUTS, "chroma": CHROMAS, "precision": PRECISIONS, "amp": AMPS,
+                   "input_reading": INPUT_READINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.tile is not None and self.tile <= TILE_OVERLAP:
-            raise ValueError(f"tile must be larger than the {TILE_OVERLAP}-pixel overlap of neighbouring tiles "
-                             f"(automatic tiles are at least {MIN_TILE}), got {self.tile}")
-        if self.max_memory_gb is not None and self.max_memory_gb <= 0:
-            raise ValueError(f"max memory must be positive, got {self.max_memory_gb} GB")
+        if self.tile is not None and self.tile < 2 * TILE_OVERLAP:
+            raise ValueError(f"tile (--tile, test.tile) must be at least {2 * TILE_OVERLAP}, twice the {TILE_OVERLAP}-"
+                             f"pixel overlap of neighbouring tiles (each tile then advances by at least {TILE_OVERLAP} "
+                             f"pixels; automatic tiles are at least {MIN_TILE}), got {self.tile}")
+        if self.max_memory_gb is not None and not (math.isfinite(self.max_memory_gb) and self.max_memory_gb > 0):
+            raise ValueError(f"--max-memory (test.max_memory_gb) must be a positive finite number of GB (0 on the "
+                             f"command line: never tile automatically), got {self.max_memory_gb}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
         if not re.fullmatch(r"\.[A-Za-z0-9]{1,5}", self.extension):
             raise ValueError(f"extension must look like '.png' (a dot and 1-5 letters/digits), got {self.extension!r}")
-        if not cv2.haveImageWriter(f"x{self.extension}"):
-            raise ValueError(f"OpenCV cannot write '{self.extension}' images; use .png, .jpg, .bmp or .tif")
+        if self.extension.lower() not in OUTPUT_EXTENSIONS or not cv2.haveImageWriter(f"x{self.extension}"):
+            raise ValueError(f"--ext {self.extension} is not allowed: outputs are written in a lossless format "
+                             "that the project's readers (eval_metrics.py included) read back: "
+                             f"{', '.join(OUTPUT_EXTENSIONS)}")
         if self.precision == "float64" and self.amp != "none":
             raise ValueError("precision float64 and amp autocast exclude each other")
         if self.labels_dir is not None and not Path(self.labels_dir).is_dir():
@@ -145,6 +167,13 @@ def _map_files(out_dir: Path, name: str, result: UAAFusionOutput, index: int, dt
         else:  # attention: each map scaled to its own range
             image = heatmap_uint8(array)
         files[out_dir / "maps" / f"{name}_{key}.png"] = encode_image(image, ".png")
+    if result.regions is not None:  # what the segmenter saw (or the given labels): one class index per pixel
+        regions = result.regions[index].cpu().numpy()
+        if regions.min() < 0 or regions.max() > 255:
+            raise ValueError(f"region classes outside 0..255 ({regions.min()}..{regions.max()}) cannot be saved")
+        regions = regions.astype(np.uint8)
+        files[out_dir / "maps" / f"{name}_regions.png"] = encode_image(regions, ".png")
+        files[out_dir / "maps" / f"{name}_regions_color.png"] = encode_image(colorize_labels(regions), ".png")
     return files
 
 
@@ -175,7 +204,9 @@ def _check_not_inputs(files: dict[Path, bytes], inputs: list[Path]) -> None:
                 raise ImageWriteError(f"refusing to write '{path}': it is an input file ('{source}')")
 
 
-def _load_labels(labels_dir: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
+def _load_labels(labels_dir: Path, name: str, shape: tuple[int, int], num_classes: int,
+                 ignore_index: int) -> np.ndarray:
+    """The label map of pair ``name``: same size as the images, every value a class of the model or the ignore value."""
     matches = sorted(p for p in labels_dir.glob(f"{name}.*") if p.is_file())
     if not matches:
         raise PairError(f"no label named '{name}.*' in {labels_dir}")
@@ -183,7 +214,44 @@ def _load_labels(labels_dir: Path, name: str, shape: tuple[int, int]) -> np.ndar
     if label.shape != shape:
         raise PairError(f"label '{matches[0]}' is {label.shape[1]}x{label.shape[0]} (WxH) but the images are "
                         f"{shape[1]}x{shape[0]}")
+    values = np.unique(label)
+    foreign = values[((values < 0) | (values >= num_classes)) & (values != ignore_index)]
+    if foreign.size:
+        shown = ", ".join(str(v) for v in foreign[:8]) + (", ..." if foreign.size > 8 else "")
+        raise PairError(f"label '{matches[0]}' holds class ids the model does not have: {shown} (its classes are "
+                        f"0..{num_classes - 1}; {ignore_index} marks unlabelled pixels)")
     return label
+
+
+def prepare_output(out_dir: Path, settings: FuseSettings) -> None:
+    """Create ``out_dir`` (and ``maps/``, ``npy/`` when asked for) and check that files can be created in each, before
+    any pair is fused; on failure, folders created here are removed again.
+
+    Raises:
+        OSError: a folder cannot be created or written into (the message names it).
+    """
+    folders = [out_dir] + [out_dir / sub for sub, wanted in (("maps", settings.save_maps),
+                                                             ("npy", settings.save_npy)) if wanted]
+    created: list[Path] = []
+    try:
+        for folder in folders:
+            missing = [p for p in (folder, *folder.parents) if not p.exists()]
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OSError(f"cannot create output folder {folder}: {err.strerror or err}") from None
+            created += reversed(missing)
+            try:
+                handle, probe = tempfile.mkstemp(prefix=".write-test-", suffix=".tmp", dir=folder)
+            except OSError as err:
+                raise OSError(f"cannot write into output folder {folder}: {err.strerror or err}") from None
+            os.close(handle)
+            os.unlink(probe)
+    except OSError:
+        for folder in reversed(created):  # deepest first; only folders this call created (empty)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def fuse_folder(
@@ -199,7 +267,7 @@ def fuse_folder(
     Raises:
         ValueError: unusable settings, or ``out_dir`` is one of the input folders (nothing is written then).
         FileNotFoundError: an input folder is missing.
-        OSError: ``out_dir`` cannot be created.
+        OSError: ``out_dir`` (or ``maps/``, ``npy/``) cannot be created or written into (checked before fusing).
     """
     settings = settings or FuseSettings()
     settings.validate()
@@ -211,18 +279,19 @@ def fuse_folder(
         if same_file(out_dir, Path(folder)):
             raise ValueError(f"output folder {out_dir} is an input folder ({folder}); choose another --out")
     pairs, problems = pair_files(ir_dir, vi_dir)
+    folder_problems = [p for p in problems if p.kind in ("empty-folder", "missing-folder")] if not pairs else []
     for problem in problems:
-        report.failed.append((problem.path, str(problem)))
-        tqdm.write(f"skipped: {problem}", file=sys.stderr)
-    if not pairs:
-        if not problems:
-            report.failed.append((str(ir_dir), "no image pairs found"))
-        print(f"error: no image pairs found in {ir_dir} and {vi_dir}", file=sys.stderr)
+        if problem not in folder_problems:
+            report.failed.append((problem.path, str(problem)))
+            tqdm.write(f"skipped: {problem}", file=sys.stderr)
+    if not pairs:  # one failure, one line (the folder problems folded in)
+        reasons = "".join(f"; {p.path}: {p.detail.split(' (')[0]}" for p in folder_problems)
+        known = f" (image files: {', '.join(IMAGE_EXTENSIONS)})" if folder_problems else ""
+        message = f"no image pairs found in {ir_dir} and {vi_dir}{reasons}{known}"
+        report.failed.append((str(ir_dir), message))
+        print(f"error: {message}", file=sys.stderr)
         return report
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"cannot create output folder {out_dir}: {err}") from err
+    prepare_output(out_dir, settings)
     model.eval()
     dtype = torch.float64 if settings.precision == "float64" else torch.float32
     budget = None if settings.max_memory_gb is None else int(settings.max_memory_gb * 2**30)
@@ -263,9 +332,10 @@ def fuse_folder(
 
     for pair in tqdm(pairs, desc="fusing", disable=not settings.show_progress, unit="pair"):
         try:
-            sample = load_fusion_pair(pair.ir, pair.vi)
+            sample = load_fusion_pair(pair.ir, pair.vi, settings.input_reading)
             if labels_dir is not None:
-                sample["label"] = _load_labels(labels_dir, pair.name, sample["ir"].shape)
+                sample["label"] = _load_labels(labels_dir, pair.name, sample["ir"].shape, model.num_classes,
+                                               model.attribution.ignore_index)
         except (ImageReadError, PairError, ValueError, OSError) as err:
             fail(pair.name, err)
             continue

@@ -79,8 +79,9 @@ class LossSettings:
         ignore_classes: classes CE also skips (release row 9: [0]).
         seg_class_weights: **an extension, not in the paper**: class weights of L_seg's cross-entropy (also in the
             segmenter's pre-training), ``null`` (paper: plain cross-entropy), ``median`` (median-frequency weights
-            median(f)/f_c from the training labels' class shares, capped at 50; computed when training starts) or a
-            list of one number per class. Against a segmenter that predicts only a dominant class
+            median(f)/f_c from the training labels' class shares, capped at 50; computed when training starts),
+            ``log`` (ENet's 1 / ln(1.02 + f_c), milder; the usual weighting on MFNet) or a list of one number per
+            class. Against a segmenter that predicts only a dominant class
             (docs/RESULTS.md).
     """
 

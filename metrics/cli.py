@@ -228,6 +228,8 @@ def _fusion_caption(result: FusionEvaluation, comparison: Comparison) -> str:
 def run_fusion(argv: Sequence[str]) -> int:
     """Fusion mode; returns the exit status (raises :class:`UsageError` for exit status 2)."""
     args = build_fusion_parser().parse_args(argv)
+    if args.workers < 0:
+        raise UsageError(f"--workers must be 0 (evaluate in this process) or more, got {args.workers}")
     fused_dirs = parse_named_dirs(args.fused, "--fused")
     if not fused_dirs and not args.references:
         raise UsageError("give at least one --fused folder (or --references to score the sources alone)")

@@ -29,6 +29,7 @@ import numpy as np
 
 from data.io import ImageListing, ImageReadError, list_images
 from data.io import read_gray_0_255_metric_convention as read_gray
+from data.pairing import ambiguous_stem
 
 from . import direct, fast
 from .catalog import TABLE1_METRICS, parse_metrics
@@ -241,7 +242,7 @@ def _size(shape: tuple[int, ...]) -> str:
 def _problem(listing: ImageListing, name: str, label: str) -> str | None:
     """Why ``name`` has no usable file in ``listing`` (``label`` says which folder), or None."""
     if name in listing.duplicates:
-        return f"ambiguous {label}: {', '.join(p.name for p in listing.duplicates[name])}"
+        return f"{label} {name}: {ambiguous_stem(listing.duplicates[name])}"
     if name in listing.unusable:
         return f"{label} {listing.unusable[name]}"
     if name not in listing.files:

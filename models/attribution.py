@@ -35,6 +35,7 @@ ATTENTION_METHODS = ("ig", "grad")
 ATTENTION_REDUCTIONS = ("sum", "mean")
 ATTENTION_SCORES = ("region", "masked_mean")
 ATTENTION_NORMALIZATIONS = ("none", "std", "max")
+WEIGHT_SOURCES = ("ig", "uniform")
 
 
 @dataclass
@@ -66,6 +67,9 @@ class AttributionSettings:
             ``none`` (paper), ``std`` (A / std(A)) or ``max`` (A / max|A|). Eq. 9's score is a pixel mean, so A is
             O(1/HW) and σ(A) ≈ 0.5 everywhere (docs/DECISIONS.md D6); this lets researchers test whether an
             attention that actually varies helps.
+        weights: ``ig`` (Eq. 5–8, the paper) or ``uniform``, **an ablation, not in the paper**: w_ir = w_vi = 0.5
+            on every pixel, in the gradient step and in L_int, and no IG passes (the regions and the path attention
+            are computed as usual). It asks whether the class-wise attribution helps (docs/RESULTS.md).
         ig_chunk: images per forward pass in the fast IG (0: all T·M·N at once; default N, one scaled copy of
             the batch per pass, which suits CPUs: 2N was 4–5 % faster at 640×480 but took 40 % more memory per
             pixel and was slower on larger images; raise it on a GPU).
@@ -91,6 +95,7 @@ class AttributionSettings:
     attention_score: str = "region"
     attention_initial_gradient: bool = False
     attention_normalize: str = "none"
+    weights: str = "ig"
     ig_chunk: int | None = None
     fold_batchnorm: bool = True
     fast_scoring: bool = True
@@ -107,6 +112,7 @@ class AttributionSettings:
             "attention_reduction": ATTENTION_REDUCTIONS,
             "attention_score": ATTENTION_SCORES,
             "attention_normalize": ATTENTION_NORMALIZATIONS,
+            "weights": WEIGHT_SOURCES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -5,10 +5,11 @@ over R classes) plus once per stage (path attention), always in float32, so thes
 (docs/PERFORMANCE.md). The copy made here computes the same function with fewer memory passes; every change is
 exact in real arithmetic and tested in float64 against the segmenter's own layers:
 
-- BatchNorm folded into the convolution before it (also inside separable convolutions, as in DeepLabV3+'s ASPP);
+- BatchNorm folded into the convolution before it (also inside separable convolutions, as in DeepLabV3+'s ASPP, and
+  in timm's EfficientNet blocks, whose BatchNorm layers also carry the activation);
 - channels-last layout, where oneDNN's depthwise convolutions run several times faster;
-- stride-1 depthwise convolutions (:class:`FrozenDepthwise`) differentiated by oneDNN's forward kernel on the
-  flipped kernel, the exact adjoint, which is faster than its backward kernel; those with a large dilation
+- stride-1 depthwise convolutions of any odd size (:class:`FrozenDepthwise`) differentiated by oneDNN's forward
+  kernel on the flipped kernel, the exact adjoint, which is faster than its backward kernel; those with a large dilation
   (DeepLabV3+'s atrous rates 12, 24, 36 on a 1/16-resolution map) computed as a sum of shifted taps over the
   windows where they land inside the map: oneDNN pads such maps by the dilation on every side and runs a slow
   path, while on the 40×30 map of a 640×480 image most taps of rates 24 and 36 cover only a few rows or columns;
@@ -61,6 +62,44 @@ def fold_batchnorm_(module: nn.Module) -> nn.Module:
     return module
 
 
+# timm's EfficientNet modules: (convolution, the BatchNorm that directly follows it in their forward), by class name
+TIMM_CONV_BN_PAIRS = {
+    "DepthwiseSeparableConv": (("conv_dw", "bn1"), ("conv_pw", "bn2")),
+    "InvertedResidual": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+    "EfficientNet": (("conv_stem", "bn1"), ("conv_head", "bn2")),
+    "EfficientNetFeatures": (("conv_stem", "bn1"),),
+}
+
+
+def _conv_bn_pairs(module: nn.Module) -> tuple[tuple[str, str], ...]:
+    """The (conv, bn) attribute pairs of a timm EfficientNet module whose forward is timm's own; else ()."""
+    import inspect
+
+    for cls in type(module).__mro__:
+        pairs = TIMM_CONV_BN_PAIRS.get(cls.__name__)
+        if pairs is not None and inspect.getmodule(cls).__name__.startswith("timm."):
+            # smp's encoders subclass timm's EfficientNet with their own forward, which still runs stem → bn1
+            if "conv_s2d" in module._modules and module._modules["conv_s2d"] is not None:
+                return ()  # a space-to-depth stem sits between the pair
+            return pairs
+    return ()
+
+
+def fold_timm_batchnorm_(module: nn.Module) -> nn.Module:
+    """Fold the eval-mode BatchNorm (timm's ``BatchNormAct2d``: BatchNorm, dropout, activation) that follows each
+    convolution of timm's EfficientNet blocks into that convolution, keeping the dropout and the activation
+    (in place). Returns ``module``."""
+    for child in module.modules():
+        for conv_name, bn_name in _conv_bn_pairs(child):
+            conv, bn = child._modules.get(conv_name), child._modules.get(bn_name)
+            if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
+                continue
+            child._modules[conv_name] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            child._modules[bn_name] = nn.Sequential(*rest) if rest else nn.Identity()
+    return module
+
+
 # ------------------------------------------------------------------------ dilated depthwise convolutions
 
 
@@ -89,20 +128,21 @@ def shifted_tap_sum(x: torch.Tensor, weight: torch.Tensor, dilation: int, flip: 
 
 def depthwise_same(x: torch.Tensor, weight: torch.Tensor, dilation: int, bias: torch.Tensor | None = None,
                    adjoint: bool = False) -> torch.Tensor:
-    """A 3×3 depthwise convolution with stride 1 and zero padding = dilation (plus ``bias``), or its adjoint (the
-    kernel flipped, no bias).
+    """A k×k depthwise convolution (k odd) with stride 1 and zero padding = dilation · (k − 1)/2, so the output has
+    the input's size (plus ``bias``), or its adjoint (the kernel flipped, no bias).
 
-    Large dilations (≥ ``TAP_MIN_DILATION``) go through :func:`shifted_tap_sum`, the others through oneDNN's
-    forward kernel, which is also used for the adjoint: that is the gradient with respect to x, and oneDNN's own
-    backward kernel for depthwise convolutions is several times slower than its forward one.
+    3×3 kernels with large dilations (≥ ``TAP_MIN_DILATION``) go through :func:`shifted_tap_sum`, the others
+    through oneDNN's forward kernel, which is also used for the adjoint: that is the gradient with respect to x,
+    and oneDNN's own backward kernel for depthwise convolutions is several times slower than its forward one.
     """
     if adjoint:
         bias = None
-    if dilation >= TAP_MIN_DILATION:
+    size = weight.shape[-1]
+    if size == 3 and dilation >= TAP_MIN_DILATION:
         out = shifted_tap_sum(x, weight, dilation, flip=adjoint)
         return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
     kernel = weight.flip(-1, -2) if adjoint else weight
-    return F.conv2d(x, kernel, bias, 1, dilation, dilation, x.shape[1])
+    return F.conv2d(x, kernel, bias, 1, dilation * (size // 2), dilation, x.shape[1])
 
 
 class _DepthwiseSame(torch.autograd.Function):
@@ -123,8 +163,8 @@ class _DepthwiseSame(torch.autograd.Function):
 
 
 class FrozenDepthwise(nn.Module):
-    """Drop-in for a 3×3 depthwise ``nn.Conv2d`` with stride 1 and padding = dilation (see :func:`depthwise_same`),
-    with its weight and bias frozen as buffers: gradients reach the input only."""
+    """Drop-in for a k×k depthwise ``nn.Conv2d`` (k odd) with stride 1 and same-size zero padding (see
+    :func:`depthwise_same`), with its weight and bias frozen as buffers: gradients reach the input only."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -139,10 +179,14 @@ class FrozenDepthwise(nn.Module):
 
 
 def is_same_depthwise(conv: nn.Module) -> bool:
-    """Whether ``conv`` is a 3×3 depthwise convolution with stride 1, equal dilations and padding = dilation."""
-    return (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels
-            and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding_mode == "zeros"
-            and conv.dilation[0] == conv.dilation[1] and tuple(conv.padding) == tuple(conv.dilation))
+    """Whether ``conv`` is a plain k×k depthwise convolution (k odd) with stride 1, equal dilations and the zero
+    padding dilation · (k − 1)/2 that keeps the size (not timm's dynamically padded ``Conv2dSame``)."""
+    if type(conv) is not nn.Conv2d or not conv.groups == conv.in_channels == conv.out_channels:
+        return False
+    size = conv.kernel_size[0]
+    return (conv.kernel_size == (size, size) and size % 2 == 1 and conv.stride == (1, 1)
+            and conv.padding_mode == "zeros" and conv.dilation[0] == conv.dilation[1]
+            and tuple(conv.padding) == (conv.dilation[0] * (size // 2),) * 2)
 
 
 def replace_depthwise_(module: nn.Module) -> int:
@@ -228,6 +272,7 @@ class ScoringNetwork(nn.Module):
         net.requires_grad_(False)
         if fold_batchnorm:
             fold_batchnorm_(net)
+            fold_timm_batchnorm_(net)
         self.fast = fast
         if fast:
             replace_depthwise_(net)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import tv_compat  # noqa: F401  (must run before segmentation_models_pytorch imports torchvision)
+from models.pretrained import PACKAGED_IMAGENET, PretrainedWeightsError, load_packaged_imagenet_
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,11 @@ def build_segmenter(
         num_classes: C (15 for FMB, 9 for MSRS).
         arch: ``deeplabv3plus`` (smp) or ``release_mobilenetv2`` (the release's network, its profile only).
         encoder: any smp encoder name (default the light ``mobilenet_v2``).
-        encoder_weights: None (random init), ``imagenet`` (needs the hub; falls back to random init with a
-            warning when offline), or a path to a local state-dict file (full model or encoder only).
+        encoder_weights: None (random init), ``imagenet``, or a path to a local state-dict file (full model or
+            encoder only). ``imagenet`` comes from an installed package for the encoders of
+            ``models.pretrained.PACKAGED_IMAGENET`` (``tu-tf_efficientnet_lite0``, ``timm-tf_efficientnet_lite0``:
+            no network needed); for the others it needs the hub and falls back to random init with a warning when
+            offline.
         in_channels: input channels (1: gray images; an RGB ImageNet stem is summed over its channels).
         output: ``logits`` (default for DeepLabV3+) or ``sigmoid`` (default for the release network).
     """
@@ -97,10 +101,16 @@ def build_segmenter(
     local = encoder_weights not in (None, "", "none", "imagenet") or (
         isinstance(encoder_weights, str) and os.path.sep in encoder_weights
     )
-    if encoder_weights in (None, "", "none") or local:
+    packaged = encoder_weights == "imagenet" and encoder in PACKAGED_IMAGENET
+    if encoder_weights in (None, "", "none") or local or packaged:
         model = smp.DeepLabV3Plus(encoder_weights=None, **kwargs)
         if local:
             _load_local_weights(model, Path(encoder_weights))
+        if packaged:
+            try:
+                load_packaged_imagenet_(encoder, model.encoder)
+            except PretrainedWeightsError as err:
+                raise SegmenterWeightsError(str(err)) from err
         return model
     try:
         return smp.DeepLabV3Plus(encoder_weights=encoder_weights, **kwargs)

@@ -129,7 +129,12 @@ class UAAFusion(nn.Module):
         else:
             regions = labels
             mask = region_one_hot(labels, self.num_classes, settings.ignore_index, ir.dtype)
-        weights = ig_attribution_weights(scoring, ir, vi, regions, self.num_classes, settings)
+        if settings.weights == "uniform":  # the ablation: no class-wise attribution
+            half = torch.full_like(ir, 0.5)
+            zeros = ir.new_zeros(ir.shape[0], self.num_classes)
+            weights = {"w_ir": half, "w_vi": half.clone(), "a_ir": zeros, "a_vi": zeros.clone()}
+        else:
+            weights = ig_attribution_weights(scoring, ir, vi, regions, self.num_classes, settings)
         weights["regions"] = regions
         weights["initial"] = initial
         attention = None

@@ -35,6 +35,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from scripts.repro_common import (
     FUSION_COLUMNS,
     OURS_SUFFIX,

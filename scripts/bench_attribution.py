@@ -14,9 +14,14 @@ D = max |fast − naive| / max |naive|.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.runtime import configure_threads, tune_allocator
 from models.attribution import (

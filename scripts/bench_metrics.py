@@ -30,6 +30,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from data.io import ImageReadError, list_images
 from data.io import read_gray_0_255_metric_convention as read_gray
 from metrics import direct, fast

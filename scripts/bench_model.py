@@ -3,6 +3,7 @@
     python -m scripts.bench_model                   # fuse 640×480 + train step 8×1×128², 15 classes, 2 threads
     python -m scripts.bench_model --quick           # fuse 320×240 + train step 4×1×64²
     python -m scripts.bench_model --amp bf16        # the optimised path under bf16 autocast as a third variant
+    python -m scripts.bench_model --encoder timm-tf_efficientnet_lite0 --classes 9   # the shipped model's segmenter
     python -m scripts.bench_model --device cuda     # on a GPU (the baseline is then the reference kernels only)
     python -m scripts.bench_model --what fuse --no-baseline --fuse-classes 5   # fusing with 5 classes in the scene
 
@@ -11,8 +12,8 @@ Variants, run in this order in one process (random weights, BatchNorm statistics
 - ``baseline``: the code path before the speed work: glibc's default allocator, contiguous layout, the literal
   two-convolution ConvLSTM (``UAAFusionNet.use_reference_kernels``) and attribution on a scoring copy with the
   segmenter's own layers (``attribution.fast_scoring: false``).
-- ``fast``: what the project runs (allocator tuned by ``engine.runtime``, channels-last, stacked ConvLSTM, the
-  fast scoring copy of ``models.scoring``).
+- ``fast``: what the project runs (allocator tuned by ``engine.runtime``, channels-last fusion network and live
+  segmenter, stacked ConvLSTM, the fast scoring copy of ``models.scoring``).
 - ``fast+bf16`` (with ``--amp bf16``): the same under autocast; attribution stays in float32.
 
 Per variant and phase: seconds (best of ``--repeats``), GFLOP counted by ``torch.utils.flop_counter`` (convolutions
@@ -25,14 +26,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
+
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.config import load_config
 from engine.runtime import autocast_context, configure_threads, reset_allocator, tune_allocator
@@ -167,6 +173,9 @@ def striped_regions(height: int, width: int, classes: int, count: int) -> torch.
 
 def train_once(model: UAAFusion, optimizer, criterion, ir, vi, labels, clock: Clock, amp: str) -> torch.Tensor:
     model.train()
+    for module in model.modules():  # dropout off in every variant: a seed draws its masks in memory order, so the
+        if isinstance(module, torch.nn.Dropout):  # two layouts would drop different units and the losses differ
+            module.eval()
     out, weights = _fusion_phase(model, ir, vi, labels, clock, amp)
     with clock.phase("losses (L_seg: segmenter on ir, vi, fused)"), autocast_context(amp, ir.device):
         seg = {name: model.segmenter(x) for name, x in (("ir", ir), ("vi", vi), ("fused", out.fused))}
@@ -234,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="training batch (default 8)")
     p.add_argument("--patch", type=int, default=None, help="training patch side (default 128)")
     p.add_argument("--classes", type=int, default=15, help="segmentation classes (FMB: 15)")
+    p.add_argument("--encoder", default=None,
+                   help="the segmenter's smp encoder (default the paper profile's, mobilenet_v2)")
     p.add_argument("--per-image", type=int, default=5, help="classes present in each training label map")
     p.add_argument("--fuse-classes", type=int, default=0,
                    help="fuse with regions of this many classes (vertical bands) instead of the segmenter's own: "
@@ -253,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     what = [x.strip() for x in args.what.split(",") if x.strip()]
 
     torch.manual_seed(0)
-    cfg = load_config(PAPER_CONFIG, ["segmenter.encoder_weights=null"])  # random weights: nothing to download
+    overrides = ["segmenter.encoder_weights=null"]  # random weights: nothing to download
+    cfg = load_config(PAPER_CONFIG, overrides + ([f"segmenter.encoder={args.encoder}"] if args.encoder else []))
     model = build_model(cfg, args.classes).to(device)
     with torch.no_grad():  # BatchNorm statistics as after some training
         model.segmenter.train()
@@ -290,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             tune_allocator()
         model.load_state_dict(state)
+        # the trainer's live segmenter is channels-last (engine.trainer); the baseline keeps the contiguous layout
+        model.segmenter.to(memory_format=torch.contiguous_format if variant == "baseline" else torch.channels_last)
         model.fusion.use_reference_kernels(variant == "baseline")
         model.attribution.fast_scoring = variant != "baseline"
         amp = "bf16" if variant.endswith("bf16") else "none"

@@ -14,9 +14,13 @@ import argparse
 import copy
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.io import load_fusion_pair
 from data.pairing import pair_files

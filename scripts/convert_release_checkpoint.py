@@ -20,6 +20,9 @@ import hashlib
 import sys
 from pathlib import Path
 
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from data.datasets import FMB_CLASSES
 from engine.checkpoint import save_checkpoint
 from engine.config import ConfigError, load_config

@@ -14,6 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from engine.checkpoint import CheckpointError, load_model_from_checkpoint
 from engine.fuse_folder import FuseSettings, fuse_folder
 from engine.runtime import prepare_process

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.config import ConfigError, apply_overrides
 

@@ -37,6 +37,9 @@ import numpy as np
 import torch
 from matplotlib.patches import Patch
 
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from scripts.repro_common import (
     FusionModel,
     ReproError,
@@ -343,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
     from metrics.report import write_json
     from metrics.segmentation import resolve_classes
 
+    if args.count < 1:
+        raise ReproError(f"--count must be at least 1, got {args.count}")
     out = args.results / "figures"
     images = find_images(args)
     fusion = FusionModel(args.checkpoint, args.config, args.overrides, args.device)

@@ -41,6 +41,9 @@ from typing import Any
 
 import numpy as np
 
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from data.layouts import DATASET_NAMES, LAYOUTS
 from scripts.repro_common import (
     ReproError,

@@ -6,12 +6,14 @@
 The folder holds ``ir/``, ``vi/``, ``label/`` and optionally published outputs of other methods (``--method
 NAME=SUBFOLDER``, default ``SeAFusion=SeAFusion`` when that folder exists). It writes:
 
-- ``OUT/fused/`` (our colour outputs) and ``OUT/fused/maps/`` (w_ir, w_vi, attention per stage);
+- ``OUT/fused/`` (our colour outputs) and ``OUT/fused/maps/`` (w_ir, w_vi, attention per stage, the regions);
 - ``OUT/results.md`` and ``OUT/results.json``: the fusion metrics (paper convention) of infrared, visible, their
-  average, each published method and ours; and per-class IoU and mIoU of the checkpoint's own jointly trained
-  segmenter when it segments each of those images (its luminance) against the labels;
-- ``--figure``: for ``--count`` scenes (or ``--names``), infrared, visible, each method, ours, w_ir and the last
-  stage's attention map.
+  average, each published method and ours; per-class IoU and mIoU (over the defined classes, and over the classes
+  the labels show) of the checkpoint's own jointly trained segmenter when it segments each of those images (its
+  luminance) against the labels, and of the regions the attribution used at inference; and how far the
+  attribution weights move from 0.5 (regions per scene, share of pixels with |w_ir - 0.5| > 0.05);
+- ``--figure``: for ``--count`` scenes (or ``--names``), infrared, visible, each method, ours, the regions, w_ir
+  and the last stage's attention map.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.io import luminance, read_image, read_label
 from data.layouts import MFNET_CLASSES
@@ -35,6 +40,7 @@ from models.segmenter import segment
 from utils.atomic import atomic_write_text
 
 OURS = "UAAFusion (ours)"
+REGIONS = "inference regions (on I^(0))"
 METRICS = ("EN", "SF", "CC", "VIF", "Qabf", "SSIM")
 
 
@@ -68,6 +74,16 @@ def published_methods(data: Path, given: list[str] | None) -> dict[str, Path]:
     return methods
 
 
+def iou_summary(confusion: np.ndarray) -> dict:
+    """Per-class IoU (None where undefined), mIoU over the defined classes, and mIoU over the classes present in the
+    labels (``miou_present``: a class the labels never show counts only through its false positives elsewhere)."""
+    _, iou = class_scores(confusion)
+    present = confusion.sum(axis=1) > 0
+    return {"iou": [None if not np.isfinite(v) else float(v) for v in iou],
+            "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+            "miou_present": float(np.nanmean(iou[present])) if present.any() else float("nan")}
+
+
 def segmentation_scores(model, images: dict[str, dict[str, Path | np.ndarray]], labels: dict[str, Path],
                         num_classes: int, ignore_index: int, device: torch.device) -> dict[str, dict]:
     """Per image kind: per-class IoU and mIoU of the model's segmenter on that image's luminance."""
@@ -81,20 +97,48 @@ def segmentation_scores(model, images: dict[str, dict[str, Path | np.ndarray]], 
             tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
             pred = segment(model.segmenter, tensor).argmax(dim=1)[0].cpu().numpy()
             confusion += confusion_matrix(pred, read_label(label_path), num_classes, ignore_index)
-        _, iou = class_scores(confusion)
-        out[kind] = {"iou": [None if not np.isfinite(v) else float(v) for v in iou],
-                     "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")}
+        out[kind] = iou_summary(confusion)
     return out
 
 
+def region_scores(maps: Path, labels: dict[str, Path], num_classes: int, ignore_index: int) -> dict:
+    """IoU of the regions the attribution used (``maps/NAME_regions.png``, written by ``--save-maps``)."""
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for name, label_path in labels.items():
+        confusion += confusion_matrix(read_label(maps / f"{name}_regions.png"), read_label(label_path), num_classes,
+                                      ignore_index)
+    return iou_summary(confusion)
+
+
+def attribution_statistics(maps: Path, names: list[str], threshold: float = 0.05) -> dict:
+    """How much the class-wise attribution steers: per scene the number of regions (distinct classes in the
+    region map), the share of pixels with |w_ir - 0.5| > ``threshold`` and the mean |w_ir - 0.5|; their means and
+    the range of w_ir over all scenes."""
+    per_scene = {}
+    low, high = 1.0, 0.0
+    for name in names:
+        w_ir = np.load(maps / f"{name}_w_ir.npy").astype(np.float64)
+        regions = read_label(maps / f"{name}_regions.png")
+        off = np.abs(w_ir - 0.5)
+        per_scene[name] = {"regions": int(np.unique(regions).size), "share_off": float((off > threshold).mean()),
+                           "mean_abs_off": float(off.mean())}
+        low, high = min(low, float(w_ir.min())), max(high, float(w_ir.max()))
+    means = {key: float(np.mean([s[key] for s in per_scene.values()])) for key in ("regions", "share_off",
+                                                                                   "mean_abs_off")}
+    return {"threshold": threshold, "means": means, "w_ir_range": [low, high], "per_scene": per_scene}
+
+
 def comparison_figure(path: Path, names: list[str], data: Path, methods: dict[str, Path], fused: Path) -> None:
-    """Rows: scenes; columns: infrared, visible, each method, ours, w_ir, the last stage's attention."""
+    """Rows: scenes; columns: infrared, visible, each method, ours, the regions the segmenter found on I^(0) (when
+    the maps hold them), w_ir, the last stage's attention."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = ["infrared", "visible", *methods, OURS, "w_ir (attribution weight)", "attention, last stage"]
+    with_regions = all((fused / "maps" / f"{name}_regions_color.png").is_file() for name in names)
+    columns = ["infrared", "visible", *methods, OURS, *(["regions (segmenter)"] if with_regions else []),
+               "w_ir (attribution weight)", "attention, last stage"]
     fig, axes = plt.subplots(len(names), len(columns), figsize=(2.6 * len(columns), 2.1 * len(names) + 0.4),
                              squeeze=False)
     for row, name in enumerate(names):
@@ -102,6 +146,7 @@ def comparison_figure(path: Path, names: list[str], data: Path, methods: dict[st
         panels = [read_image(_find(data / "ir", name)), read_image(_find(data / "vi", name)),
                   *(read_image(_find(folder, name)) for folder in methods.values()),
                   read_image(_find(fused, name)),
+                  *([read_image(fused / "maps" / f"{name}_regions_color.png")] if with_regions else []),
                   np.load(fused / "maps" / f"{name}_w_ir.npy"), np.load(attention[-1]) if attention else None]
         for col, (title, panel) in enumerate(zip(columns, panels)):
             ax = axes[row][col]
@@ -172,23 +217,34 @@ def run(args: argparse.Namespace) -> int:
         images["infrared"][name], images["visible"][name], images["average"][name] = ir, vi, 0.5 * (ir + vi)
     for method, folder in {**methods, OURS: fused}.items():
         images[method] = {name: _find(folder, name) for name in labels}
-    seg = segmentation_scores(model, images, labels, num_classes, cfg["data"]["ignore_index"], device)
+    ignore_index = cfg["data"]["ignore_index"]
+    seg = segmentation_scores(model, images, labels, num_classes, ignore_index, device)
+    seg[REGIONS] = region_scores(fused / "maps", labels, num_classes, ignore_index)
     seg_rows = {kind: {**{class_names[c]: s["iou"][c] if s["iou"][c] is not None else float("nan")
-                          for c in range(num_classes)}, "mIoU": s["miou"]} for kind, s in seg.items()}
-    seg_md = format_table(seg_rows, [*class_names, "mIoU"], style="markdown", decimals=3,
-                          caption="IoU of the checkpoint's jointly trained segmenter on each image kind")
+                          for c in range(num_classes)}, "mIoU": s["miou"], "mIoU (present)": s["miou_present"]}
+                for kind, s in seg.items()}
+    seg_md = format_table(seg_rows, [*class_names, "mIoU", "mIoU (present)"], style="markdown", decimals=3,
+                          caption="IoU of the checkpoint's jointly trained segmenter on each image kind, and of the "
+                                  "regions the attribution used at inference (its prediction on I^(0))")
+    attribution = attribution_statistics(fused / "maps", sorted(labels))
+    stats = attribution["means"]
+    attribution_md = (f"\nAttribution at inference ({len(labels)} scenes): {stats['regions']:.1f} regions per scene, "
+                      f"{100 * stats['share_off']:.1f} % of pixels with |w_ir - 0.5| > {attribution['threshold']}, "
+                      f"mean |w_ir - 0.5| {stats['mean_abs_off']:.3f}, w_ir in "
+                      f"[{attribution['w_ir_range'][0]:.3f}, {attribution['w_ir_range'][1]:.3f}]\n")
 
     names = args.names or sorted(labels)[:: max(len(labels) // max(args.count, 1), 1)][:args.count]
     if args.figure:
         comparison_figure(args.figure, names, data, methods, fused)
     document = {"checkpoint": str(args.checkpoint), "data": str(data), "scenes": sorted(labels),
                 "fusion_means": rows, "fusion_per_image": fusion.per_image, "segmentation": seg,
+                "attribution": attribution,
                 "class_names": class_names, "figure": str(args.figure) if args.figure else None,
                 "figure_scenes": names, "failed": report.failed}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(_clean(document), indent=1))
-    atomic_write_text(out / "results.md", fusion_md + "\n" + seg_md)
-    print(fusion_md + "\n" + seg_md)
+    atomic_write_text(out / "results.md", fusion_md + "\n" + seg_md + attribution_md)
+    print(fusion_md + "\n" + seg_md + attribution_md)
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}" + (f", {args.figure}" if args.figure else ""))
     return 0 if report.ok else 1
 

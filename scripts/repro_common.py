@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from metrics.report import write_csv, write_json
 from utils.atomic import atomic_write_text
 

@@ -39,6 +39,9 @@ from pathlib import Path
 
 import yaml
 
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from scripts.repro_common import (
     FUSION_COLUMNS,
     OURS_SUFFIX,

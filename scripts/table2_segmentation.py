@@ -47,6 +47,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from scripts.repro_common import (
     OURS_SUFFIX,
     PUBLISHED_DIR,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import pickle
 import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,7 @@ RELEASE_SWITCHES: tuple[ReleaseSwitch, ...] = (
     ReleaseSwitch(15, "attribution.segmenter_mode", "follow", "eval"),
     ReleaseSwitch(15, "attribution.attention_initial_gradient", True, False),
     ReleaseSwitch(15, "loss.seg_sources", ["fused", "ir", "vi"], ["ir", "vi", "fused"]),
+    ReleaseSwitch(16, "test.input_reading", "release", "exact"),
 )
 
 
@@ -184,20 +186,33 @@ def read_release_checkpoint(path: str | Path, allow_unsafe_unpickle: bool = Fals
         ReleaseCheckpointError: missing, empty, unreadable or refused file, or not a release checkpoint; names the
             file.
     """
+    from engine.checkpoint import (
+        CheckpointError,
+        CodeInFileError,
+        NotACheckpointError,
+        check_checkpoint_file,
+        describe_load_failure,
+    )
+
     path = Path(path)
-    if not path.is_file():
-        raise ReleaseCheckpointError(f"release checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise ReleaseCheckpointError(f"release checkpoint {path} is empty (0 bytes)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        check_checkpoint_file(path, "release checkpoint")
+    except CheckpointError as err:
+        raise ReleaseCheckpointError(str(err)) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a foreign pickle: said below
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        problem = describe_load_failure(path, "release checkpoint", err)
+        if isinstance(problem, NotACheckpointError):  # random bytes, text: no pickled objects to allow
+            raise ReleaseCheckpointError(str(problem)) from err
         if not allow_unsafe_unpickle:
-            found = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+)", str(err))
+            detail = problem.detail if isinstance(problem, CodeInFileError) else "not a plain value"
             raise ReleaseCheckpointError(
                 f"release checkpoint {path} was refused: it holds pickled objects besides tensors "
-                f"({found.group(1) if found else 'not a plain value'}), and unpickling them can run code. If you "
-                "trust the file, convert it with --unsafe-unpickle") from err
+                f"({detail}), and unpickling them can run code. If you trust the file, convert it with "
+                "--unsafe-unpickle") from err
         (notice or (lambda text: print(text, file=sys.stderr)))(
             f"warning: loading {path} with weights_only=False (--unsafe-unpickle): this unpickles arbitrary "
             "objects and can run code from the file")
@@ -207,6 +222,9 @@ def read_release_checkpoint(path: str | Path, allow_unsafe_unpickle: bool = Fals
             raise ReleaseCheckpointError(f"cannot read release checkpoint {path}: {type(inner).__name__}: {inner}") \
                 from inner
     except Exception as err:  # noqa: BLE001 — truncated zip, bad data: all unreadable
+        problem = describe_load_failure(path, "release checkpoint", err)
+        if isinstance(problem, NotACheckpointError):
+            raise ReleaseCheckpointError(str(problem)) from err
         raise ReleaseCheckpointError(f"cannot read release checkpoint {path}: {type(err).__name__}: {err}") from err
     fusion, segmenter = split_release(payload, source=str(path))
     return {"model_f": fusion, "model_s": segmenter}

@@ -285,6 +285,32 @@ def test_load_fusion_pair_colour_infrared_becomes_luminance(tmp_path):
     assert pair["name"] == "vi"
 
 
+def _release_y(path):
+    """The authors' test.py, step by step: cv2.imread (8-bit BGR), float32, BGR -> RGB, RGB -> YCrCb, Y / 255."""
+    rgb = cv2.cvtColor(cv2.imread(str(path)).astype("float32"), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[:, :, 0] / 255
+
+
+def test_release_reading_is_the_release_pipeline_and_differs_from_exact_by_round_off(tmp_path):
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    rgb = _rgb_example(16, 16)
+    ir = _write_raw(tmp_path / "ir.png", ramp)
+    vi = _write_raw(tmp_path / "vi.png", rgb[..., ::-1].copy())
+    exact = load_fusion_pair(ir, vi)
+    release = load_fusion_pair(ir, vi, reading="release")
+    assert release["ir"].dtype == np.float32 and release["vi_y"].dtype == np.float32
+    np.testing.assert_array_equal(release["ir"], _release_y(ir))
+    np.testing.assert_array_equal(release["vi_y"], _release_y(vi))
+    np.testing.assert_array_equal(exact["ir"], ramp.astype(np.float32) / np.float32(255))
+    gap = np.abs(release["ir"].astype(np.float64) - exact["ir"].astype(np.float64))
+    assert 0 < gap.max() <= 1e-7 and (gap > 0).sum() > 10  # below float32 resolution, but not nothing
+    np.testing.assert_array_equal(release["vi_crcb"], exact["vi_crcb"])  # chroma is read the same way
+    deep = _write_raw(tmp_path / "deep.png", ramp.astype(np.uint16) * 257)  # 16-bit: the release reads 8 bits
+    np.testing.assert_array_equal(load_fusion_pair(deep, deep, reading="release")["ir"], _release_y(deep))
+    with pytest.raises(ValueError, match="input reading must be one of"):
+        load_fusion_pair(ir, vi, reading="opencv")
+
+
 def test_metric_convention_reader(tmp_path):
     rgb = _rgb_example()
     path = _write_raw(tmp_path / "m.png", rgb[..., ::-1].copy())

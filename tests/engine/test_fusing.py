@@ -7,13 +7,17 @@ import os
 import stat
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
+from data.io import load_fusion_pair
+from data.layouts import colorize_labels
 from engine.checkpoint import load_model_from_checkpoint
 from engine.fuse_folder import FuseSettings, fuse_folder
 from engine.inference import estimated_peak_bytes, fuse, tile_for_budget
+from models.segmenter import segment
 from models.uaafusion import build_model
 from tests.helpers.factories import gray, pair_folders, write_image, write_tiny_checkpoint
 from tests.helpers.scripts import test_cli
@@ -34,23 +38,87 @@ def _run(checkpoint, ir, vi, out, *extra) -> int:
                           "--quiet", *extra])
 
 
+TILE_RULE = "tile (--tile, test.tile) must be at least 64, twice the 32-pixel overlap"
+MEMORY_RULE = "--max-memory (test.max_memory_gb) must be a positive finite number of GB"
+
+
 @pytest.mark.parametrize("options,words", [
-    (["--tile", "1"], "tile must be larger than the 32-pixel overlap"),
-    (["--tile", "-5"], "tile must be larger than the 32-pixel overlap"),
-    (["--tile", "32"], "tile must be larger than the 32-pixel overlap"),
+    (["--tile", "1"], TILE_RULE),
+    (["--tile", "-5"], TILE_RULE),
+    (["--tile", "32"], TILE_RULE),
+    (["--tile", "33"], TILE_RULE),  # a stride of 1 pixel: about 1,000 tiles on a 64x64 image
+    (["--tile", "63"], TILE_RULE),
+    (["--set", "test.tile=33"], "config key 'test.tile' must be at least 64"),
     (["--batch", "-3"], "batch size must be at least 1"),
     (["--batch", "0"], "batch size must be at least 1"),
-    (["--ext", ".xyz"], "cannot write '.xyz'"),
+    (["--ext", ".xyz"], "--ext .xyz is not allowed"),
+    (["--ext", ".gif"], "--ext .gif is not allowed: outputs are written in a lossless format"),  # palette-quantised
+    (["--ext", ".jpg"], "--ext .jpg is not allowed"),  # lossy
     (["--ext", "/../x.png"], "extension must look like"),
-    (["--max-memory", "-1"], "max memory must be positive"),
+    (["--max-memory", "-1"], MEMORY_RULE),
+    (["--max-memory", "inf"], MEMORY_RULE),
+    (["--max-memory", "nan"], MEMORY_RULE),
+    (["--set", "test.max_memory_gb=.inf"], "config key 'test.max_memory_gb' must be a finite number"),
     (["--set", "bogus.key=1"], "unknown config key 'bogus'"),
     (["--labels", "/no/such/folder"], "labels folder not found"),
 ])
 def test_unusable_options_fail_before_any_work(checkpoint, pairs, tmp_path, capsys, options, words):
     out = tmp_path / "out"
     assert _run(checkpoint, *pairs, out, *options) == 2
-    assert words in capsys.readouterr().err
-    assert not out.exists() or not any(out.iterdir())
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # checked before the output folder is created
+
+
+def test_allowed_output_formats_are_read_back_unchanged(checkpoint, pairs, tmp_path):
+    """Every allowed --ext is lossless and read by the project's one reader (what eval_metrics.py scores)."""
+    from data.io import read_image
+    from engine.fuse_folder import OUTPUT_EXTENSIONS
+
+    reference = tmp_path / "png"
+    assert _run(checkpoint, *pairs, reference) == 0
+    for ext in OUTPUT_EXTENSIONS[1:]:
+        out = tmp_path / ext[1:]
+        assert _run(checkpoint, *pairs, out, "--ext", ext) == 0
+        np.testing.assert_array_equal(read_image(out / f"a{ext}"), read_image(reference / "a.png"))
+
+
+def test_unwritable_output_is_found_before_fusing(checkpoint, pairs, tmp_path, capsys, monkeypatch):
+    import engine.fuse_folder as fuse_module
+
+    def no_fusing(*args, **kwargs):
+        raise AssertionError("a pair was read before the output folder was checked")
+
+    monkeypatch.setattr(fuse_module, "load_fusion_pair", no_fusing)
+    read_only, fresh = tmp_path / "read_only", tmp_path / "fresh"
+    refused = {fresh / "npy"}  # stands for a folder that cannot be written into
+    if os.geteuid() == 0:  # root writes anywhere: refuse as the kernel refuses everyone else
+        refused.add(read_only)
+    real = fuse_module.tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):  # noqa: A002 — tempfile's name
+        if Path(dir) in refused:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(fuse_module.tempfile, "mkstemp", mkstemp)
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        assert _run(checkpoint, *pairs, read_only) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write into output folder {read_only}: Permission denied" in err and "Traceback" not in err
+    finally:
+        read_only.chmod(0o755)
+    assert _run(checkpoint, *pairs, fresh, "--save-npy") == 2
+    assert f"cannot write into output folder {fresh / 'npy'}" in capsys.readouterr().err
+    assert not fresh.exists()  # the folders made for the check are removed: no output folder of a run that never ran
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "maps").write_text("a file where the maps folder goes")
+    assert _run(checkpoint, *pairs, blocked, "--save-maps") == 2
+    assert f"cannot create output folder {blocked / 'maps'}" in capsys.readouterr().err
+    assert [p.name for p in blocked.iterdir()] == ["maps"]
 
 
 def test_set_overrides_the_checkpoints_config(checkpoint, pairs, tmp_path):
@@ -66,11 +134,10 @@ def test_set_overrides_the_checkpoints_config(checkpoint, pairs, tmp_path):
 
 def test_outputs_are_all_or_nothing_and_name_the_failing_file(checkpoint, pairs, tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "maps").write_text("not a folder")  # every map write fails, after the image and .npy were encoded
+    (out / "maps" / "a_w_ir.npy").mkdir(parents=True)  # pair a's map cannot be written (the folders can)
     assert _run(checkpoint, *pairs, out, "--save-npy", "--save-maps") == 1
     err = capsys.readouterr().err
-    assert "maps" in err and "failed: a" in err
+    assert "a_w_ir.npy" in err and "failed: a" in err and (out / "b.png").exists()
     assert not (out / "a.png").exists() and not (out / "npy" / "a.npy").exists()  # nothing of the pair was kept
     assert not list(out.rglob(".*.tmp"))
 
@@ -124,6 +191,46 @@ def test_labels_give_the_regions_and_bad_labels_are_named(checkpoint, pairs, tmp
     label = (gray(7) // 64).astype(np.int64)
     for c in np.unique(label):
         assert np.ptp(w_ir[label == c]) < 1e-6
+    # the regions the attribution used are written beside the maps: here exactly the labels, plus a colour rendering
+    regions = cv2.imread(str(out / "maps" / "a_regions.png"), cv2.IMREAD_UNCHANGED)
+    assert regions.dtype == np.uint8 and regions.shape == label.shape and np.array_equal(regions, label)
+    colour = cv2.cvtColor(cv2.imread(str(out / "maps" / "a_regions_color.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(colour, colorize_labels(label))
+
+
+def test_labels_with_class_ids_the_model_does_not_have_are_named(checkpoint, tmp_path, capsys):
+    """The tiny model has 4 classes and ignores 255: a label holding 4, 42, 200 or 60000 (16-bit) names its file and
+    the ids, that pair is skipped (not fused with w = 0.5 there), and the others are fused."""
+    ir, vi = pair_folders(tmp_path, ["a", "b", "c", "d"])
+    labels = tmp_path / "labels"
+    base = (gray(7) // 64).astype(np.uint8)  # classes 0..3
+    foreign = base.copy()
+    foreign[:2, :2] = [[4, 42], [200, 255]]
+    write_image(labels / "a.png", foreign)
+    write_image(labels / "b.png", np.where(base == 1, 60000, base.astype(np.uint16)).astype(np.uint16))
+    ignored = base.copy()
+    ignored[:5] = 255  # the ignore value is allowed
+    write_image(labels / "c.png", ignored)
+    write_image(labels / "d.png", base)
+    out = tmp_path / "out"
+    assert _run(checkpoint, ir, vi, out, "--labels", str(labels)) == 1
+    captured = capsys.readouterr()
+    assert "a.png' holds class ids the model does not have: 4, 42, 200 (its classes are 0..3" in captured.err
+    assert "b.png' holds class ids the model does not have: 60000" in captured.err
+    assert "failed: c" not in captured.err and "2 failed" in captured.out
+    assert sorted(p.name for p in out.glob("*.png")) == ["c.png", "d.png"]
+
+
+def test_save_maps_writes_the_predicted_regions(checkpoint, pairs, tmp_path):
+    """Without labels the regions are the segmenter's argmax on I^(0) = (ir + vi) / 2, as the model computed them."""
+    out = tmp_path / "out"
+    assert _run(checkpoint, *pairs, out, "--save-maps") == 0
+    model, _ = load_model_from_checkpoint(checkpoint)
+    sample = load_fusion_pair(pairs[0] / "a.png", pairs[1] / "a.png")
+    ir, vi = (torch.from_numpy(sample[key])[None, None] for key in ("ir", "vi_y"))
+    expected = segment(model.segmenter.eval(), (ir + vi) / 2).argmax(dim=1)[0].numpy()
+    regions = cv2.imread(str(out / "maps" / "a_regions.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(regions, expected)
 
 
 def test_batched_fusion_equals_single_fusion_at_five_stages():

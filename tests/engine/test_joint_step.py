@@ -170,3 +170,48 @@ def test_config_reference_is_current_and_complete():
     assert (REPO / "docs" / "CONFIG.md").read_text(encoding="utf-8") == config_markdown()
     described = {key for key, _, text in describe_keys() if text}
     assert described == set(flatten(DEFAULTS))
+
+
+@pytest.mark.parametrize("scope", ["all", "optimizer"])
+def test_gradient_clipping_scope(synthetic_root, tmp_path, monkeypatch, scope):
+    """``train.grad_clip_scope``: one norm over every parameter (``all``), or each optimizer's parameters clipped
+    on their own norm (``optimizer``), so that the fusion network's step does not shrink with the segmenter's
+    gradient."""
+    cfg = tiny_train_config(synthetic_root, "train.epochs=1", "train.max_steps_per_epoch=1", "data.val_pairs=1",
+                            "train.separate_segmenter_optimizer=true", "train.grad_clip=1e-3",
+                            f"train.grad_clip_scope={scope}")
+    trainer = Trainer(cfg, tmp_path, show_progress=False)
+    clipped, real_clip = [], torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, max_norm):
+        params = list(params)
+        raw = float(real_clip(params, max_norm))  # returns the norm before clipping
+        after = float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])))
+        clipped.append(({id(p) for p in params}, raw, after))
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    trainer.train_step(next(iter(trainer._loader(0))))
+    trainer.lock.release()
+    fusion = {id(p) for p in trainer.model.fusion.parameters()}
+    segmenter = {id(p) for p in trainer.model.segmenter.parameters()}
+    if scope == "all":
+        ((ids, raw, after),) = clipped
+        assert ids == fusion | segmenter and raw > 1e-3 and after == pytest.approx(1e-3, rel=1e-4)
+    else:
+        assert [ids for ids, _, _ in clipped] == [fusion, segmenter]  # the optimizers' order: fusion, segmenter
+        assert all(raw > 1e-3 and after == pytest.approx(1e-3, rel=1e-4) for _, raw, after in clipped)
+
+
+def test_unknown_gradient_clipping_scope_fails_before_training(synthetic_root, tmp_path):
+    cfg = tiny_train_config(synthetic_root, "train.grad_clip_scope=layer")
+    with pytest.raises(ValueError, match="grad_clip_scope must be 'all' or 'optimizer'"):
+        Trainer(cfg, tmp_path, show_progress=False)
+
+
+def test_a_missing_segmenter_checkpoint_says_how_to_make_it(synthetic_root, tmp_path):
+    from engine.checkpoint import CheckpointError
+
+    cfg = tiny_train_config(synthetic_root, f"train.segmenter_checkpoint={tmp_path / 'nowhere.pt'}")
+    with pytest.raises(CheckpointError, match="does not exist: write it first with python -m scripts.pretrain_segm"):
+        Trainer(cfg, tmp_path / "run", show_progress=False)

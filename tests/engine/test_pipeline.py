@@ -197,11 +197,15 @@ def test_batching_does_not_change_results_and_tiling_runs(trained_run, synthetic
     run_dir, _ = trained_run
     ir, vi = synthetic_root / "test" / "Infrared", synthetic_root / "test" / "Visible"
     base = ["--checkpoint", str(run_dir / "best.pt"), "--ir", str(ir), "--vi", str(vi), "--save-npy", "--quiet"]
-    assert test_cli.main(base + ["--out", str(tmp_path / "one")]) == 0
-    assert test_cli.main(base + ["--out", str(tmp_path / "three"), "--batch", "3"]) == 0
-    assert test_cli.main(base + ["--out", str(tmp_path / "tiled"), "--tile", "40"]) == 0
+    # float64: in float32 oneDNN picks other kernels for a batch of 3, and on this untrained segmenter that
+    # round-off can flip a near-tied region (measured up to 2.2e-4 on a few pixels); in float64 it cannot
+    exact = ["--precision", "float64"]
+    assert test_cli.main(base + exact + ["--out", str(tmp_path / "one")]) == 0
+    assert test_cli.main(base + exact + ["--out", str(tmp_path / "three"), "--batch", "3"]) == 0
+    # the smallest tile allowed (twice the 32-pixel overlap); larger images are tiled in test_fusing
+    assert test_cli.main(base + ["--out", str(tmp_path / "tiled"), "--tile", "64"]) == 0
     for npy in sorted((tmp_path / "one" / "npy").glob("*.npy")):
         single = np.load(npy)
-        np.testing.assert_allclose(np.load(tmp_path / "three" / "npy" / npy.name), single, atol=1e-5)
+        np.testing.assert_allclose(np.load(tmp_path / "three" / "npy" / npy.name), single, atol=1e-6)
         tiled = np.load(tmp_path / "tiled" / "npy" / npy.name)
         assert tiled.shape == single.shape and np.isfinite(tiled).all()

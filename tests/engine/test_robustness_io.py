@@ -120,7 +120,10 @@ def test_test_py_empty_folder_and_unwritable_output(tiny_checkpoint, tmp_path, c
     empty_vi.mkdir()
     code = test_cli.main(["--checkpoint", str(tiny_checkpoint), "--ir", str(empty_ir), "--vi", str(empty_vi),
                           "--out", str(tmp_path / "o"), "--quiet"])
-    assert code == 1 and "eir" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 1 and "eir" in captured.err and "evi" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "; 1 failed" in captured.out  # said once, counted once
+    assert not (tmp_path / "o").exists()
     ir, vi, _, _ = build_trouble(tmp_path / "in")
     blocker = tmp_path / "a_file"
     blocker.write_text("occupied")
@@ -131,6 +134,31 @@ def test_test_py_empty_folder_and_unwritable_output(tiny_checkpoint, tmp_path, c
     code = test_cli.main(["--checkpoint", str(tiny_checkpoint), "--ir", str(ir), "--vi", str(ir),
                           "--out", str(ir), "--quiet"])
     assert code == 2 and "input" in capsys.readouterr().err  # writing into an input folder is refused
+
+
+def test_an_ambiguous_stem_is_refused_by_both_tools(tiny_checkpoint, tmp_path, capsys):
+    """dup.png and dup.jpg of different content: test.py and eval_metrics.py follow one rule (data.pairing):
+    neither file is used, and both name the two files."""
+    import eval_metrics
+
+    ir, vi = tmp_path / "ir", tmp_path / "vi"
+    ir.mkdir()
+    vi.mkdir()
+    for name in ("dup", "fine"):
+        _write(ir / f"{name}.png", _gray(1))
+        _write(vi / f"{name}.png", _gray(2))
+    _write(ir / "dup.jpg", _gray(3))
+    out = tmp_path / "out"
+    code = test_cli.main(["--checkpoint", str(tiny_checkpoint), "--ir", str(ir), "--vi", str(vi), "--out", str(out),
+                          "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "dup.jpg, dup.png share the stem; none is used" in err
+    assert sorted(p.name for p in out.iterdir()) == ["fine.png"]
+    _write(out / "dup.png", _gray(4))  # a fused image for the ambiguous name: still not scored
+    code = eval_metrics.main(["--ir", str(ir), "--vi", str(vi), "--fused", str(out), "--workers", "0",
+                              "--no-progress", "--metrics", "EN"])
+    err = capsys.readouterr().err
+    assert code == 1 and "dup.jpg, dup.png share the stem; none is used" in err
 
 
 def test_eval_metrics_on_a_folder_of_trouble(tmp_path):

@@ -16,7 +16,8 @@ import torch
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.config import ConfigError, load_config
 from engine.run_folder import RunFolderError, RunFolderLock
-from engine.trainer import Trainer, TrainingInterrupted
+from engine.trainer import NonFiniteError, NonFiniteLossError, NonFiniteWeightsError, Trainer, TrainingInterrupted
+from losses import UAAFusionLoss
 from tests.helpers.factories import tiny_train_config
 from tests.helpers.scripts import REPO, train_cli
 from tests.helpers.toy_models import CreatesFileWhenUnpickled
@@ -141,6 +142,7 @@ def test_resume_of_a_missing_or_empty_folder_names_the_problem(tmp_path, capsys)
     ("", "is empty"),
     (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not a text (YAML) file"),
     ("- just\n- a list\n", "must hold a mapping"),
+    ("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "key 'lr' is given twice (lines 2 and 4)"),
 ])
 def test_config_file_problems_name_the_file(tmp_path, content, words):
     path = tmp_path / "self.yaml"
@@ -232,3 +234,149 @@ def test_checkpoints_and_configs_of_earlier_versions_still_load(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
     assert payload["config"]["data"]["flips"] is True  # as that version trained
     assert apply_overrides({**old_cfg, "data": {**old_cfg["data"], "mode": "tiles"}})["data"]["flips"] is False
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.lr=inf", "train.lr"),
+    ("train.lr=.nan", "train.lr"),
+    ("fusion.rho_init=.nan", "fusion.rho_init"),
+    ("train.segmenter_lr=-.inf", "train.segmenter_lr"),
+    ("loss.seg_class_weights=[1.0, .nan, 1.0]", "loss.seg_class_weights"),  # a float inside a list
+])
+def test_non_finite_config_values_are_config_errors(synthetic_root, tmp_path, capsys, monkeypatch, override, key):
+    import engine.dataset_check
+
+    monkeypatch.setattr(engine.dataset_check, "check_before_training", lambda cfg: pytest.fail("data checked"))
+    run = tmp_path / "run"
+    assert train_cli.main(_cli(synthetic_root, run, "--set", override)) == 2
+    err = capsys.readouterr().err
+    assert f"config key '{key}' must be a finite number" in err and "Traceback" not in err
+    assert not run.exists()
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@pytest.mark.parametrize("stage", ["joint", "pre-training"])
+def test_weights_that_become_non_finite_stop_the_run_without_a_checkpoint(synthetic_root, tmp_path, stage):
+    """An infinite learning rate (past the config check): the first optimiser step makes the weights NaN/Inf; the
+    run stops there (exit code 3 in train.py) and never writes them."""
+    extra = ["train.segmenter_pretrain_epochs=1"] if stage == "pre-training" else []
+    cfg = tiny_train_config(synthetic_root, *RUN, *extra)
+    trainer = Trainer(cfg, tmp_path, show_progress=False)
+    for optimizer in [*trainer.optimizers.values(), trainer.pretrain_optimizer]:
+        _set_lr(optimizer, float("inf"))
+    where = "pre-training epoch 1, step 1" if stage == "pre-training" else "step 1"
+    with pytest.raises(NonFiniteWeightsError, match=f"became NaN/Inf at {where} .*no checkpoint was written"):
+        trainer.fit()
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
+    assert trainer.nonfinite_weight() is not None
+    with pytest.raises(NonFiniteWeightsError, match="refusing to write"):
+        trainer.save("last.pt")
+    assert not (tmp_path / "last.pt").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+class _AlwaysNaN(UAAFusionLoss):
+    def forward(self, *args, **kwargs):
+        terms = super().forward(*args, **kwargs)
+        terms["total"] = terms["total"] * float("nan")
+        return terms
+
+
+def test_a_run_in_which_every_loss_is_non_finite_exits_3_without_a_checkpoint(synthetic_root, tmp_path, capsys,
+                                                                             monkeypatch):
+    import engine.trainer
+
+    monkeypatch.setattr(engine.trainer, "UAAFusionLoss", _AlwaysNaN)
+    run = tmp_path / "run"
+    assert train_cli.main(_cli(synthetic_root, run)) == 3
+    captured = capsys.readouterr()
+    assert "every loss of epoch 1 was NaN/Inf (2 step(s) skipped): no optimiser step was taken" in captured.err
+    assert "done" not in captured.out and not (run / "last.pt").exists() and not (run / "best.pt").exists()
+    assert issubclass(NonFiniteLossError, NonFiniteError) and issubclass(NonFiniteWeightsError, NonFiniteError)
+
+
+def test_structure_changing_override_on_resume_is_a_usage_error(synthetic_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_cli.main(_cli(synthetic_root, run, "--set", "train.epochs=1")) == 0
+    before = (run / "last.pt").stat().st_mtime_ns
+    for override in ("fusion.stages=3", "segmenter.arch=release", "data.num_classes=9"):
+        assert train_cli.main(["--resume", str(run), "--quiet", "--set", override]) == 2
+        err = capsys.readouterr().err
+        assert f"--set {override}: '{override.split('=')[0]}' changes the model's structure" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (run / "last.pt").stat().st_mtime_ns == before
+    # the safety net below the command line: a mismatching state dict is one line, not torch's listing
+    cfg = tiny_train_config(synthetic_root, *RUN, "fusion.stages=3")
+    with pytest.raises(CheckpointError, match=r"does not fit the model built from the run's config: .*missing") as info:
+        Trainer(cfg, run, resume=True, show_progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_a_busy_folder_is_refused_before_the_dataset_check(synthetic_root, tmp_path, capsys, monkeypatch):
+    import engine.dataset_check
+
+    monkeypatch.setattr(engine.dataset_check, "check_before_training", lambda cfg: pytest.fail("data checked"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from engine.run_folder import RunFolderLock; "
+                               f"RunFolderLock({str(tmp_path)!r}).acquire(); print('held', flush=True); "
+                               "time.sleep(60)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = [a for a in _cli(synthetic_root, tmp_path) if a != "--skip-check"]
+        assert train_cli.main(args) == 2
+        assert f"in use by train.py pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_failed_dataset_check_leaves_no_run_folder(tmp_path, monkeypatch):
+    import engine.dataset_check
+
+    monkeypatch.setattr(engine.dataset_check, "check_before_training", lambda cfg: False)
+    run = tmp_path / "run"
+    args = [a for a in _cli(tmp_path, run) if a != "--skip-check"]
+    assert train_cli.main(args) == 1
+    assert not run.exists()  # the lock taken before the check does not leave a folder of a run that never started
+
+
+def test_checkpoint_messages_say_what_the_file_is(tmp_path, capsys):
+    import pickle
+
+    from tests.helpers.factories import write_tiny_checkpoint
+    from tests.helpers.scripts import test_cli
+
+    marker = tmp_path / "created_on_load"
+    raw = tmp_path / "raw.pt"
+    with raw.open("wb") as handle:  # pickle.dump, protocol 4: torch's weights-only reader fails before the global
+        pickle.dump({"format": "uaafusion-checkpoint-v1", "x": CreatesFileWhenUnpickled(str(marker))}, handle)
+    text = tmp_path / "notes.pt"
+    text.write_text("these are notes, not weights\n")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "last.pt").write_bytes(b"")
+    cfg = load_config(None, ["fusion.stages=2", "fusion.channels=8", "attribution.ig_steps=1", "data.num_classes=9"])
+    classes = tmp_path / "classes.pt"  # weights of 4 classes, no num_classes entry, a config of 9
+    state = torch.load(write_tiny_checkpoint(tmp_path / "tiny.pt", num_classes=4), weights_only=True)["model"]
+    save_checkpoint(classes, {"model": state, "config": cfg})
+    (tmp_path / "ir").mkdir()
+    (tmp_path / "vi").mkdir()
+    expected = {
+        raw: "was refused: loading it would run code",
+        text: "is not a UAAFusion checkpoint: neither a zip archive written by torch.save nor a pickle",
+        folder: "is a folder, not a checkpoint file (it holds last.pt: give one of them)",
+        classes: "does not fit the model built from the config: the checkpoint has 4 classes, the config/model 9",
+    }
+    for path, words in expected.items():
+        out = tmp_path / f"out_{path.stem}"
+        assert test_cli.main(["--checkpoint", str(path), "--ir", str(tmp_path / "ir"), "--vi", str(tmp_path / "vi"),
+                              "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and str(path) in err, err
+        assert len(err.strip().splitlines()) == 1 and "weights_only" not in err and "Traceback" not in err
+        assert not out.exists()
+    assert not marker.exists()

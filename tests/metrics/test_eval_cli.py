@@ -198,6 +198,9 @@ def test_usage_errors(folders, tmp_path, capsys):
     code, _, err = _run(["--ir", str(folders["empty"]), "--vi", str(folders["empty"]), "--fused",
                          str(folders["good"])], capsys)  # fmt: skip
     assert code == 2 and "no images found" in err
+    code, _, err = _run(["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--fused", str(folders["good"]),
+                         "--workers", "-2"], capsys)  # fmt: skip
+    assert code == 2 and "--workers must be 0 (evaluate in this process) or more, got -2" in err
     with pytest.raises(SystemExit):
         eval_metrics.main(["--ir", "a", "--vi", "b", "--fused", "c", "--convention", "matlab"])
 

@@ -267,3 +267,30 @@ def test_region_score_is_eq9():
     assert score.item() == pytest.approx((0.5 * 1 + 0.25 * 2 + 1.0 * 3) / 4)
     grad = input_gradient(region_score_fn(model, regions, 3, ignore_index=IGNORE), x)
     torch.testing.assert_close(grad, torch.tensor([[[[0.25, 0.5], [0.75, 0.0]]]], dtype=torch.float64))
+
+
+def test_uniform_weights_ablation_skips_ig_and_fuses_with_one_half(monkeypatch):
+    """``attribution.weights: uniform``: w_ir = w_vi = 0.5 everywhere, no IG pass, and the fused image is what the
+    fusion network gives with those weights; regions and attention are computed as with IG weights."""
+    from engine.config import load_config
+    from models import uaafusion
+    from models.uaafusion import build_model
+    from tests.helpers.factories import TINY_MODEL
+
+    torch.manual_seed(0)
+    model = build_model(load_config(None, [*TINY_MODEL, "attribution.weights=uniform"]), num_classes=3).eval()
+    ir, vi = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+
+    def no_ig(*args, **kwargs):
+        raise AssertionError("IG must not run with attribution.weights: uniform")
+
+    monkeypatch.setattr(uaafusion, "ig_attribution_weights", no_ig)
+    out = model(ir, vi)
+    assert torch.equal(out.w_ir, torch.full_like(ir, 0.5)) and torch.equal(out.w_vi, torch.full_like(ir, 0.5))
+    regions, _ = model.predict_regions(model.fusion.initial_estimate(ir, vi))
+    assert torch.equal(out.regions, regions)
+    _, attention = model.attribute(ir, vi)
+    reference = model.fusion(ir, vi, torch.full_like(ir, 0.5), torch.full_like(ir, 0.5), attention)
+    torch.testing.assert_close(out.fused, reference.fused, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="attribution.weights must be one of"):
+        AttributionSettings(weights="fixed")

@@ -10,7 +10,7 @@ import engine.trainer as trainer_module
 from data.datasets import build_dataset
 from engine.trainer import Trainer
 from losses import LossSettings, UAAFusionLoss, segmentation_loss
-from losses.class_weights import median_frequency_weights, resolve_seg_class_weights
+from losses.class_weights import log_frequency_weights, median_frequency_weights, resolve_seg_class_weights
 from tests.helpers.factories import tiny_train_config
 
 
@@ -33,6 +33,15 @@ def test_weighted_segmentation_loss_is_the_weighted_mean_of_pixel_losses():
     plain = segmentation_loss(outputs, labels, 255)
     assert segmentation_loss(outputs, labels, 255, (), torch.ones(3)).item() == pytest.approx(plain.item(), rel=1e-6)
     assert got.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
+def test_log_frequency_weights_golden():
+    # 1 / ln(1.02 + f): f = 0.9 → 1/ln(1.92) = 1.5330, 0.06 → 1/ln(1.08) = 12.9936, 0 → 1/ln(1.02) = 50.4983
+    weights = log_frequency_weights(np.array([0.9, 0.06, 0.04, 0.0]))
+    torch.testing.assert_close(weights, torch.tensor([1.53298, 12.99359, 17.16181, 50.49835]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(resolve_seg_class_weights("log", 4, np.array([90, 6, 4, 0])), weights)
+    with pytest.raises(ValueError, match="labelled pixels"):
+        log_frequency_weights(np.zeros(3))
 
 
 def test_median_frequency_weights_golden():

@@ -289,9 +289,11 @@ def test_conversion_errors_name_the_keys(release, change, pattern):
 @pytest.mark.parametrize("content,pattern", [
     ("tensor", "not a UAAFusion release checkpoint: it holds a Tensor"),
     ("no_tops", "no 'model_f' entry"),
-    ("garbage", "cannot read release checkpoint"),
+    ("garbage", "not a PyTorch checkpoint"),
+    ("random", "not a PyTorch checkpoint"),
     ("empty", "is empty"),
     ("missing", "not found"),
+    ("folder", "is a folder"),
 ])
 def test_not_a_release_checkpoint_names_the_file(tmp_path, capsys, content, pattern):
     path = tmp_path / f"{content}.pth"
@@ -301,11 +303,15 @@ def test_not_a_release_checkpoint_names_the_file(tmp_path, capsys, content, patt
         torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
     elif content == "garbage":
         path.write_bytes(b"this is not a checkpoint at all" * 10)
+    elif content == "random":  # random bytes: said to be no PyTorch file, not to hold pickled objects
+        path.write_bytes(bytes(np.random.default_rng(3).integers(0, 256, 4000, dtype=np.uint8)))
     elif content == "empty":
         path.write_bytes(b"")
+    elif content == "folder":
+        path.mkdir()
     with pytest.raises(ReleaseCheckpointError, match=pattern) as info:
         read_release_checkpoint(path)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and "--unsafe-unpickle" not in str(info.value)
     code = converter.main([str(path), str(tmp_path / "out.pt")])
     assert code == 2 and str(path) in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
@@ -397,7 +403,7 @@ def test_profiles_select_each_row():
     release_cfg, paper_cfg = load_config(RELEASE_CONFIG), load_config(PAPER_CONFIG)
     assert release_profile_differences(release_cfg) == []
     assert all(config_value(paper_cfg, s.key) == s.paper for s in RELEASE_SWITCHES)
-    assert {s.row for s in RELEASE_SWITCHES} | {12} == set(range(1, 16))
+    assert {s.row for s in RELEASE_SWITCHES} | {12} == set(range(1, 17))
     text = RELEASE_CONFIG.read_text(encoding="utf-8")
     assert yaml.safe_load(text)["base"] == "fmb_paper.yaml"
     lines, section = {}, ""

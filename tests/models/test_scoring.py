@@ -25,6 +25,7 @@ from models.scoring import (
     FrozenDepthwise,
     ScoringNetwork,
     fold_batchnorm_,
+    is_same_depthwise,
     prepare_scoring_model,
     shifted_tap_sum,
 )
@@ -112,10 +113,11 @@ def warmed_up_segmenter(seed: int, **kwargs) -> nn.Module:
     return seg.eval()
 
 
-@pytest.fixture(scope="module")
-def deeplab():
-    """DeepLabV3+ (MobileNetV2)."""
-    return warmed_up_segmenter(0, encoder="mobilenet_v2")
+@pytest.fixture(scope="module", params=["mobilenet_v2", "tu-tf_efficientnet_lite0"])
+def deeplab(request):
+    """DeepLabV3+ with the paper profile's MobileNetV2, and with the shipped model's EfficientNet-Lite0 (timm's
+    blocks: BatchNorm with the activation inside, 5×5 depthwise kernels, TensorFlow's dynamic "same" padding)."""
+    return warmed_up_segmenter(0, encoder=request.param)
 
 
 def test_scoring_network_computes_the_segmenter(deeplab):
@@ -123,6 +125,10 @@ def test_scoring_network_computes_the_segmenter(deeplab):
     fast = prepare_scoring_model(deeplab)
     depthwise = [m for m in fast.modules() if isinstance(m, FrozenDepthwise)]
     assert sum(m.dilation >= TAP_MIN_DILATION for m in depthwise) == 3 and len(depthwise) > 3
+    # every BatchNorm folded but the one of the ASPP's pooling branch (a Sequential with its own forward; on a 1×1 map)
+    assert len([n for n, m in fast.net.named_modules() if isinstance(m, nn.BatchNorm2d)]) <= 1
+    assert all(n.startswith("decoder.aspp") for n, m in fast.net.named_modules() if isinstance(m, nn.BatchNorm2d))
+    assert not [m for m in fast.modules() if is_same_depthwise(m)]  # every stride-1 depthwise convolution replaced
     assert not any(p.requires_grad for p in fast.parameters())
     fast.train()
     assert not fast.training and not fast.net.training  # attribution needs eval mode whatever callers do
@@ -136,6 +142,20 @@ def test_scoring_network_computes_the_segmenter(deeplab):
     (reference,) = torch.autograd.grad((deeplab(x) * weights).sum(), x)
     assert (grad - reference).abs().max() <= 1e-10 * reference.abs().max()
     assert prepare_scoring_model(deeplab, fast=False).linear_head() is None
+    slow = prepare_scoring_model(deeplab, fast=False)  # folded BatchNorm alone, the segmenter's own layers
+    torch.testing.assert_close(slow(x), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_frozen_depthwise_of_any_odd_size(size, dilation):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, size, padding=dilation * (size // 2), dilation=dilation, groups=6).double()
+    assert is_same_depthwise(conv) and not is_same_depthwise(nn.Conv2d(6, 6, size, padding=0, groups=6))
+    frozen = FrozenDepthwise(conv)
+    x = torch.rand(2, 6, 11, 9, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(frozen(x), conv(x), rtol=1e-12, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda t: frozen(t), (x,))
 
 
 class _MixedLayoutAdds(TorchDispatchMode):

@@ -47,20 +47,32 @@ def test_striped_regions_hold_exactly_the_requested_classes():
         bench_model.striped_regions(6, 10, 3, 4)
 
 
-def test_probe_segmenter_trains_and_reports_per_class_iou(synthetic_root, capsys):
-    from scripts import probe_segmenter
+def test_pretrain_segmenter_trains_reports_and_saves_a_segmenter_the_trainer_loads(synthetic_root, tmp_path, capsys):
+    from engine.checkpoint import load_checkpoint
+    from scripts import pretrain_segmenter
 
+    saved = tmp_path / "seg" / "segmenter.pt"
     args = ["--name", "fmb", "--root", str(synthetic_root), "--val-name", "fmb", "--val-root", str(synthetic_root),
-            "--classes", "15", "--weights", "median", "--steps", "2", "--batch", "2", "--patch", "32",
-            "--eval-train", "2", "--threads", "1"]
-    assert probe_segmenter.main(args) == 0
+            "--classes", "15", "--weights", "log", "--steps", "2", "--batch", "2", "--patch", "32",
+            "--mode", "random_crop", "--schedule", "cosine", "--sources", "ir", "avg", "--eval-train", "2",
+            "--threads", "1", "--quiet", "--save", str(saved)]
+    assert pretrain_segmenter.main(args) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert record["steps"] == 2 and set(record["val"]) == {"ir", "vi"} and len(record["val"]["ir"]["iou"]) == 15
+    assert record["steps"] == 2 and set(record["val"]) == {"ir", "vi", "avg"} and len(record["val"]["ir"]["iou"]) == 15
+    assert all(0 <= s["miou_present"] <= 1 for s in record["val"].values())
+    payload = load_checkpoint(saved)
+    assert payload["num_classes"] == 15 and payload["pretrain_record"]["weights"] == "log"
+    from models.segmenter import build_segmenter
+
+    build_segmenter(15).load_state_dict(payload["segmenter"])  # the keys and shapes of the default segmenter
 
 
-def test_median_frequency_weights():
-    from scripts.probe_segmenter import class_weights
+def test_class_weights_and_the_cosine_schedule():
+    from scripts.pretrain_segmenter import class_weights, learning_rate
 
     weights = class_weights(np.array([0.9, 0.08, 0.02, 0.0]), "median")
     torch.testing.assert_close(weights, torch.tensor([0.08 / 0.9, 1.0, 4.0, 50.0]))
     assert class_weights(np.array([0.5, 0.5]), "none") is None
+    torch.testing.assert_close(class_weights(np.array([0.5, 0.5]), "log"), torch.full((2,), 1 / np.log(1.52)))
+    assert learning_rate(1e-3, 0, 10, "cosine") == 1e-3 and learning_rate(1e-3, 5, 10, "cosine") == pytest.approx(5e-4)
+    assert learning_rate(1e-3, 7, 10, "constant") == 1e-3

@@ -109,6 +109,14 @@ def test_help(module, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+def test_figures_refuses_a_count_below_one(tmp_path, capsys):
+    argv = ["--checkpoint", str(tmp_path / "none.pt"), "--ir", str(tmp_path), "--vi", str(tmp_path), "--count", "-1",
+            "--results", str(tmp_path / "results")]
+    assert figures.main(argv) == 2
+    assert "--count must be at least 1, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
 def test_script_runs_from_the_command_line():
     result = subprocess.run([sys.executable, "-m", "scripts.ablations", "--list"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)

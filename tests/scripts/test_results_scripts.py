@@ -43,11 +43,35 @@ def test_real_results_writes_tables_json_and_figure(labelled, checkpoint, tmp_pa
     assert list(rows) == ["infrared", "visible", "average", "SeAFusion", real_results.OURS]
     assert set(rows[real_results.OURS]) >= set(real_results.METRICS)
     seg = document["segmentation"]
-    assert set(seg) == {"infrared", "visible", "average", "SeAFusion", real_results.OURS}
-    assert all(len(s["iou"]) == 9 and 0 <= s["miou"] <= 1 for s in seg.values())
+    assert set(seg) == {"infrared", "visible", "average", "SeAFusion", real_results.OURS, real_results.REGIONS}
+    assert all(len(s["iou"]) == 9 and 0 <= s["miou"] <= 1 and 0 <= s["miou_present"] <= 1 for s in seg.values())
+    # the regions row is scored from the region maps the fuse wrote: recompute it from those files
+    maps = out / "fused" / "maps"
+    confusion = sum(real_results.confusion_matrix(real_results.read_label(maps / f"{n}_regions.png"),
+                                                  real_results.read_label(labelled / "label" / f"{n}.png"), 9, 255)
+                    for n in ("00001D", "00002N", "00003D"))
+    expected = real_results.iou_summary(confusion)
+    assert set(seg[real_results.REGIONS]) == set(expected)
+    for key, value in expected.items():
+        assert seg[real_results.REGIONS][key] == pytest.approx(value, nan_ok=True), key
+    stats = document["attribution"]
+    w_ir = [np.load(maps / f"{n}_w_ir.npy") for n in ("00001D", "00002N", "00003D")]
+    share = np.mean([(np.abs(w - 0.5) > 0.05).mean() for w in w_ir])
+    assert stats["means"]["share_off"] == pytest.approx(share)
+    assert stats["w_ir_range"] == pytest.approx([min(w.min() for w in w_ir), max(w.max() for w in w_ir)])
     text = (out / "results.md").read_text()
-    assert "SeAFusion" in text and "mIoU" in text and "person" in text
+    assert "SeAFusion" in text and "mIoU" in text and "person" in text and "regions per scene" in text
     assert len(document["figure_scenes"]) == 2
+
+
+def test_iou_summary_counts_only_present_classes_in_miou_present():
+    confusion = np.array([[8, 2, 0], [1, 3, 0], [0, 1, 0]])  # class 2: labelled once, never predicted right
+    summary = real_results.iou_summary(confusion)
+    assert summary["iou"] == pytest.approx([8 / 11, 3 / 7, 0.0])
+    assert summary["miou_present"] == pytest.approx((8 / 11 + 3 / 7) / 3)
+    absent = real_results.iou_summary(np.array([[8, 2, 0], [1, 3, 1], [0, 0, 0]]))  # class 2 only predicted
+    assert absent["iou"][2] == 0.0 and absent["miou"] == pytest.approx((8 / 11 + 3 / 7) / 3)
+    assert absent["miou_present"] == pytest.approx((8 / 11 + 3 / 7) / 2)
 
 
 def test_real_results_names_a_missing_folder(checkpoint, tmp_path, capsys):

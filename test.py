@@ -17,6 +17,7 @@ import sys
 import torch
 
 from engine.checkpoint import CheckpointError, load_model_from_checkpoint
+from engine.compile import compile_fusion
 from engine.config import ConfigError, load_config
 from engine.fuse_folder import DEFAULT_MAX_MEMORY_GB, FuseSettings, fuse_folder
 from engine.runtime import prepare_process, resolve_device
@@ -58,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ext", default=".png",
                    help="output image format, lossless and read back by eval_metrics.py: .png (default), .bmp, .tif, "
                         ".tiff")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the fusion network's stages (engine/compile.py; recompiles per image size, so "
+                        "worth it for many pairs of one size; eager with a warning where no compiler works)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores; never more)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -92,6 +96,8 @@ def main(argv=None) -> int:
         settings.validate()
         if settings.precision == "float64":
             model = model.to(torch.float64)
+        if args.compile:
+            compile_fusion(model.fusion, device)
         report = fuse_folder(model, args.ir, args.vi, args.out, settings, device)
     except (ConfigError, CheckpointError, OSError, RuntimeError, TypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

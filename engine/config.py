@@ -93,6 +93,8 @@ RUN_SETTINGS: dict[str, dict[str, tuple[Any, str]]] = {
         "grad_clip": (None, "clip the gradient norm to this value"),
         "grad_clip_scope": ("all", "all | optimizer: one norm over every parameter, or one per optimizer (with "
                                    "separate_segmenter_optimizer, the fusion network's own norm; not in the paper)"),
+        "compile": (False, "torch.compile the fusion network's stages at the training patch size (engine/compile.py; "
+                           "falls back to eager with a warning where no compiler is usable; validation stays eager)"),
     },
     "test": {
         "output": ("clamp", "clamp | stretch (release row 14): how the output becomes 8-bit"),

@@ -31,6 +31,7 @@ from engine.checkpoint import (
     save_checkpoint,
     state_mismatch,
 )
+from engine.compile import compile_fusion
 from engine.config import save_config
 from engine.run_folder import RunFolderError, RunFolderLock, clear_run, existing_run_files
 from engine.runtime import autocast_context, init_distributed, resolve_device, seed_everything
@@ -139,6 +140,8 @@ class Trainer:
         self.model.segmenter.to(memory_format=torch.channels_last)
         if self.tcfg["segmenter_checkpoint"]:
             self._load_segmenter(self.tcfg["segmenter_checkpoint"])
+        if self.tcfg["compile"]:  # one graph per stage at the fixed patch size; eager where no compiler works
+            compile_fusion(self.model.fusion, self.device, dynamic=False)
         loss_settings = LossSettings(**cfg["loss"], ignore_index=cfg["data"]["ignore_index"])
         self.criterion = UAAFusionLoss(loss_settings, self._seg_class_weights(loss_settings))
         self.joint = JointModel(self.model, loss_settings.seg_sources)
@@ -578,9 +581,10 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         """Fusion metrics and segmenter mIoU on the validation pairs (:func:`engine.validation.evaluate_model`)."""
-        stats = evaluate_model(self.model, self.val_set, self.num_classes, self.device,
-                               self.cfg["data"]["ignore_index"], tile=self.cfg["test"]["tile"], amp=self.cfg["amp"],
-                               show_progress=self.show_progress)
+        with torch.compiler.set_stance("force_eager"):  # whole images of other sizes: no recompiling
+            stats = evaluate_model(self.model, self.val_set, self.num_classes, self.device,
+                                   self.cfg["data"]["ignore_index"], tile=self.cfg["test"]["tile"],
+                                   amp=self.cfg["amp"], show_progress=self.show_progress)
         self.model.train()
         stats = {f"val_{k}": v for k, v in stats.items() if k != "per_image"}
         if self.writer is not None:

@@ -27,7 +27,7 @@ def reflect_pad(x: torch.Tensor) -> torch.Tensor:
     kernels are several times slower): bit-identical values, gradient equal to round-off. x: (N, C, H, W), H, W ≥ 2.
     """
     if _is_channels_last(x) and x.shape[-1] >= 2 and x.shape[-2] >= 2:
-        return _ReflectPadChannelsLast.apply(x)
+        return _ReflectPadChannelsLast.apply(x) if _needs_grad([x]) else _reflect_pad_into([x])
     return F.pad(x, (1, 1, 1, 1), mode="reflect")
 
 
@@ -38,8 +38,14 @@ def reflect_pad_cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
         first = parts[0]
         if any(x.dim() != 4 or x.shape[0] != first.shape[0] or x.shape[2:] != first.shape[2:] for x in parts):
             raise ValueError(f"reflect_pad_cat needs (N, C_i, H, W) parts, got {[tuple(x.shape) for x in parts]}")
-        return _ReflectPadCatChannelsLast.apply(*parts)
+        return _ReflectPadCatChannelsLast.apply(*parts) if _needs_grad(parts) else _reflect_pad_into(parts)
     return reflect_pad(torch.cat(list(parts), dim=1))
+
+
+def _needs_grad(parts: Sequence[torch.Tensor]) -> bool:
+    """Whether autograd records the padding (else the copies run without the autograd.Function: fusing under
+    no_grad, where torch.compile also mis-traced the Function's variadic forward in torch 2.13)."""
+    return torch.is_grad_enabled() and any(x.requires_grad for x in parts)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:

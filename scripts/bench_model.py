@@ -15,6 +15,9 @@ Variants, run in this order in one process (random weights, BatchNorm statistics
 - ``fast``: what the project runs (allocator tuned by ``engine.runtime``, channels-last fusion network and live
   segmenter, stacked ConvLSTM, the fast scoring copy of ``models.scoring``).
 - ``fast+bf16`` (with ``--amp bf16``): the same under autocast; attribution stays in float32.
+- ``fast+compile`` (with ``--compile``): the fast path with the fusion network's stages compiled by
+  ``torch.compile`` (``engine.compile``, one graph per shape); its compile time (the warm-up run minus the best
+  timed run) is printed, its FLOPs are the fast variant's (the counter does not run inside compiled graphs).
 
 Per variant and phase: seconds (best of ``--repeats``), GFLOP counted by ``torch.utils.flop_counter`` (convolutions
 and matrix products, forward and backward), the achieved GFLOP/s and the phase's share. The last lines compare
@@ -40,6 +43,7 @@ from torch.utils.flop_counter import flop_registry
 if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.compile import compile_fusion, uncompile_fusion
 from engine.config import load_config
 from engine.runtime import autocast_context, configure_threads, reset_allocator, tune_allocator
 from losses import LossSettings, UAAFusionLoss
@@ -58,6 +62,7 @@ class PhaseTimes:
     flops: dict[str, int] = field(default_factory=dict)
     output: torch.Tensor | None = None
     peak_bytes: int = 0
+    warmup_seconds: float = 0.0
 
 
 def reset_peak(device: torch.device) -> None:
@@ -205,9 +210,13 @@ def conv_peak_gflops(device: torch.device) -> float:
     return 2 * 9 * 64 * 64 * 256 * 256 / best / 1e9
 
 
-def best_of(repeats: int, run: Callable[[Clock], torch.Tensor], device: torch.device) -> PhaseTimes:
-    """Time ``run`` ``repeats`` times after one warm-up (best total), then count its FLOPs once."""
+def best_of(repeats: int, run: Callable[[Clock], torch.Tensor], device: torch.device,
+            flops_from: PhaseTimes | None = None) -> PhaseTimes:
+    """Time ``run`` ``repeats`` times after one warm-up (best total), then count its FLOPs once (or take them from
+    ``flops_from``: the same computation, compiled)."""
+    start = time.perf_counter()
     run(Clock(device))
+    warmup = time.perf_counter() - start
     best: PhaseTimes | None = None
     reset_peak(device)
     for _ in range(max(repeats, 1)):
@@ -217,6 +226,10 @@ def best_of(repeats: int, run: Callable[[Clock], torch.Tensor], device: torch.de
         if best is None or sum(clock.result.seconds.values()) < sum(best.seconds.values()):
             best = clock.result
     best.peak_bytes = peak_bytes(device)
+    best.warmup_seconds = warmup
+    if flops_from is not None:
+        best.flops = dict(flops_from.flops)
+        return best
     counter = Clock(device, count=True)
     run(counter)
     best.flops = counter.result.flops
@@ -252,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per variant (best total is kept)")
     p.add_argument("--amp", choices=("none", "bf16"), default="none", help="also time the fast path under bf16")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the fast path with the fusion network's stages compiled (torch.compile)")
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline variant")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -284,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     variants.append("fast")
     if args.amp == "bf16":
         variants.append("fast+bf16")
+    if args.compile:
+        variants.append("fast+compile")
     peak = conv_peak_gflops(device)
     print(f"device {device}, {threads} threads, {args.classes} classes; conv ceiling {peak:.0f} GFLOP/s "
           f"(3×3 64→64 at 256², channels-last)")
@@ -307,10 +324,16 @@ def main(argv: list[str] | None = None) -> int:
         model.fusion.use_reference_kernels(variant == "baseline")
         model.attribution.fast_scoring = variant != "baseline"
         amp = "bf16" if variant.endswith("bf16") else "none"
+        compiled = variant.endswith("compile")
+        if compiled and not compile_fusion(model.fusion, device, dynamic=False):
+            print("[fast+compile] skipped: no usable compiler (see the warning above)")
+            continue
+        count_from = results.get("fast") if compiled else None  # FLOPs as the fast path's
         results[variant] = {}
         if "fuse" in what:
             res = best_of(args.repeats, lambda clock, amp=amp: fuse_once(model, fuse_ir, fuse_vi, clock, amp,
-                                                                       fuse_regions), device)
+                                                                       fuse_regions), device,
+                          flops_from=count_from["fuse"] if count_from else None)
             results[variant]["fuse"] = res
             print_table(f"[{variant}] fuse one {w}×{h} pair", res)
         if "train" in what:
@@ -320,9 +343,14 @@ def main(argv: list[str] | None = None) -> int:
                 optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
                 return train_once(model, optimizer, criterion, train_ir, train_vi, labels, clock, amp)
 
-            res = best_of(args.repeats, run, device)
+            res = best_of(args.repeats, run, device, flops_from=count_from["train"] if count_from else None)
             results[variant]["train"] = res
             print_table(f"[{variant}] training step {batch}×1×{patch}² ({args.per_image} classes per image)", res)
+        if compiled:
+            uncompile_fusion(model.fusion)
+            for task, res in results[variant].items():
+                print(f"[fast+compile] {task}: compile time {res.warmup_seconds - sum(res.seconds.values()):.1f} s "
+                      f"(warm-up run {res.warmup_seconds:.1f} s)")
 
     print()
     reference = variants[0]
@@ -332,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = results[reference][task]
         ref_s = sum(ref.seconds.values())
         floor = sum(ref.flops.values()) / 1e9 / peak
-        for variant in variants[1:]:
+        for variant in [v for v in variants[1:] if v in results]:
             res = results[variant][task]
             sec = sum(res.seconds.values())
             diff = (res.output - ref.output).abs().max().item()

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU measurements of docs/PERFORMANCE.md in one run (about 6-8 minutes on one GPU):
+# The GPU measurements of docs/PERFORMANCE.md in one run (about 8-10 minutes on one GPU):
 #   1. the environment (GPU, driver, torch, CUDA);
 #   2. the CUDA tests (tests/engine/test_cuda.py: device agrees with CPU, AMP keeps attribution float32,
 #      training steps under bf16 and fp16) and the fast-kernel equality tests;
-#   3. one training step at the paper's shape (8x1x128^2, 15 classes) in float32 and under bf16 autocast:
-#      seconds per step, phases, peak memory (scripts/bench_model.py);
+#   3. one training step at the paper's shape (8x1x128^2, 15 classes) in float32, under bf16 autocast and with the
+#      fusion network's stages compiled (torch.compile; its compile time is printed): seconds per step, phases,
+#      peak memory (scripts/bench_model.py);
 #   4. the class-wise IG benchmark with ig_chunk = N (the default) and 0, and the scoring copy against the
 #      segmenter's own layers (scripts/bench_attribution.py);
 #   5. fusing one 800x600 pair (FMB's size), float32 and bf16: seconds per pair, peak memory.
@@ -59,10 +60,10 @@ torch.cuda.is_available(), 'bf16', torch.cuda.is_available() and torch.cuda.is_b
 step "CUDA tests and fast-kernel equality"
 TAIL=2 run tests "$PY" -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py tests/models/test_fast_kernels.py
 
-step "training step, float32 and bf16 ($DEVICE)"
-TAIL=8 run train_step "$PY" -m scripts.bench_model --device "$DEVICE" --what train "${TRAIN[@]}" --amp bf16 \
-    --no-baseline --repeats "$REPEATS"
-grep -E "^\[|peak memory|total " "$OUT/train_step.log" >> "$SUMMARY"
+step "training step, float32, bf16 and compiled ($DEVICE)"
+TAIL=10 run train_step "$PY" -m scripts.bench_model --device "$DEVICE" --what train "${TRAIN[@]}" --amp bf16 \
+    --compile --no-baseline --repeats "$REPEATS"
+grep -E "^\[|peak memory|total |compile time" "$OUT/train_step.log" >> "$SUMMARY"
 
 step "class-wise IG: ig_chunk = N, then 0 (one batch)"
 TAIL=2 run ig_chunk_n "$PY" -m scripts.bench_attribution --device "$DEVICE" "${ATT[@]}"

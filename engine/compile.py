@@ -51,7 +51,7 @@ def compiler_problem(device: torch.device, backend: str = "inductor") -> str | N
         if not torch.isfinite(x.grad).all():
             return "the probe's gradient was not finite"
     except Exception as err:  # noqa: BLE001 - any failure of the toolchain means: run eagerly
-        return f"the probe failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        return f"the probe failed ({type(err).__name__}: {_first_line(err)})"
     return None
 
 
@@ -72,16 +72,19 @@ class _StageForward:
                 if not _is_compile_error(err):
                     raise
                 self.failed = True
-                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 log.warning("torch.compile failed for %s (%s: %s); running it eagerly", self.name,
-                            type(err).__name__, first[:200])
+                            type(err).__name__, _first_line(err)[:200])
         return self.eager(*args, **kwargs)
 
 
 def _is_compile_error(err: Exception) -> bool:
-    module = type(err).__module__ or ""
-    return module.startswith(("torch._dynamo", "torch._inductor")) or type(err).__name__ in (
-        "BackendCompilerFailed", "CppCompileError", "InductorError")
+    """Raised by dynamo or inductor (BackendCompilerFailed, CppCompileError, InductorError, ...)."""
+    return (type(err).__module__ or "").startswith(("torch._dynamo", "torch._inductor"))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def compile_fusion(fusion: nn.Module, device: torch.device, backend: str = "inductor",

@@ -22,8 +22,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints-cpu.txt
 	else $(PIP) -r requirements.txt -r requirements-dev.txt; fi
 	touch $@
 
+# One pytest worker per usable core, each pinned to its core (tests/conftest.py); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)))" 2>/dev/null || echo 0)
 test: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) tests
 
 # Fuse the bundled real pairs (assets/samples) with the shipped model (checkpoints/uaafusion_mfnet.pt).
 demo: venv

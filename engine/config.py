@@ -31,6 +31,7 @@ OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "data.num_classes": (int,),
     "train.max_steps_per_epoch": (int,),
     "train.segmenter_checkpoint": (str,),
+    "train.init_checkpoint": (str,),
     "train.grad_clip": (int, float),
     "train.checkpoint_every_steps": (int,),
     "test.tile": (int,),
@@ -84,6 +85,10 @@ RUN_SETTINGS: dict[str, dict[str, tuple[Any, str]]] = {
         "segmenter_lr": (1e-4, "that Adam's rate, and the rate of the pre-training stage"),
         "segmenter_pretrain_epochs": (0, "stage 1: epochs of segmenter-only training on the source images"),
         "segmenter_checkpoint": (None, "start the segmenter from this file (replaces stage 1; release row 11)"),
+        "init_checkpoint": (None, "start the whole model (fusion network and segmenter) from this model file, a "
+                                  "shipped/exported one or a run's last.pt, with fresh optimisers and schedule: "
+                                  "continue or fine-tune a trained model (replaces stage 1; "
+                                  "train.segmenter_checkpoint, if also given, then replaces the segmenter)"),
         "max_steps_per_epoch": (None, "cap on the steps of an epoch (null: the whole dataset)"),
         "log_every": (10, "TensorBoard scalars every N steps"),
         "image_log_every": (100, "TensorBoard images every N steps"),

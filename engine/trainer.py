@@ -138,6 +138,8 @@ class Trainer:
         # the live segmenter (L_seg, stage 1) trains in channels-last layout, as the fusion network and the scoring
         # copy run: the same function, and EfficientNet-Lite0 trains 1.7x faster so at 256² on the CPU (D10)
         self.model.segmenter.to(memory_format=torch.channels_last)
+        if self.tcfg["init_checkpoint"]:
+            self._load_model(self.tcfg["init_checkpoint"])
         if self.tcfg["segmenter_checkpoint"]:
             self._load_segmenter(self.tcfg["segmenter_checkpoint"])
         if self.tcfg["compile"]:  # one graph per stage at the fixed patch size; eager where no compiler works
@@ -155,8 +157,9 @@ class Trainer:
         self.pretrain_optimizer = torch.optim.Adam(self.model.segmenter.parameters(), lr=self.tcfg["segmenter_lr"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] == "fp16" and self.device.type == "cuda")
 
-        pretrain = self.tcfg["segmenter_pretrain_epochs"] > 0 and not self.tcfg["segmenter_checkpoint"]
-        self.phase = "pretrain" if pretrain else "joint"  # a given segmenter checkpoint replaces stage 1
+        given_segmenter = self.tcfg["segmenter_checkpoint"] or self.tcfg["init_checkpoint"]
+        pretrain = self.tcfg["segmenter_pretrain_epochs"] > 0 and not given_segmenter
+        self.phase = "pretrain" if pretrain else "joint"  # a given segmenter (or whole model) replaces stage 1
         self.epoch = 0  # completed epochs in the current phase
         self.step_in_epoch = 0  # steps done in the current (joint) epoch; > 0 only in mid-epoch checkpoints
         self.epoch_sums: dict[str, float] = {}  # running loss sums of the current epoch (and "_done" count)
@@ -251,6 +254,23 @@ class Trainer:
             raise CheckpointError(f"train.segmenter_checkpoint {path} does not fit the segmenter built from the "
                                   f"config: {state_mismatch(self.model.segmenter, state, self.num_classes)}") from None
         log.info("segmenter initialised from %s", path)
+
+    def _load_model(self, path: str) -> None:
+        """Both networks' weights from a model file (``train.init_checkpoint``); nothing else of it is used."""
+        payload = load_checkpoint(path, map_location=self.device)
+        if "model" not in payload:
+            raise CheckpointError(f"train.init_checkpoint {path} holds no model weights (no 'model' entry); give a "
+                                  "file written by train.py, scripts.export_model or "
+                                  "scripts/convert_release_checkpoint.py")
+        state = migrate_model_state(payload["model"])
+        state = {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError:
+            raise CheckpointError(f"train.init_checkpoint {path} does not fit the model built from the config: "
+                                  f"{state_mismatch(self.model, state, self.num_classes)}") from None
+        log.info("model (fusion network and segmenter) initialised from %s; optimisers and schedule start afresh",
+                 path)
 
     def _loader(self, epoch: int, start_batch: int = 0) -> DataLoader:
         """The epoch's batches in a fixed order given (seed, epoch), starting at batch ``start_batch``."""

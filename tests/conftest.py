@@ -1,4 +1,5 @@
-"""Test-wide settings: offline hub, pinned threads, seeded RNGs, and the path to the shared real data."""
+"""Test-wide settings: offline hub, pinned threads (and cores, under pytest-xdist), seeded RNGs, and the path to
+the shared real data."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,24 @@ import torch  # noqa: E402
 
 from engine.runtime import tune_allocator  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("UAAF_TEST_THREADS", "2")))
+
+def _worker_cores() -> set[int] | None:
+    """Under pytest-xdist (``make test`` runs one worker per core): this worker's share of the usable cores, so
+    that the workers, and the scripts their tests start (which inherit the mask), never run more OpenMP threads
+    than there are cores (spinning threads on a shared core run many times slower; docs/RELIABILITY.md)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker.startswith("gw") or not count or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < int(count):  # more workers than cores: leave the mask alone
+        return None
+    return set(cores[int(worker[2:]) % int(count)::int(count)])
+
+
+_CORES = _worker_cores()
+if _CORES is not None:
+    os.sched_setaffinity(0, _CORES)
+torch.set_num_threads(int(os.environ.get("UAAF_TEST_THREADS", len(_CORES) if _CORES else 2)))
 tune_allocator()  # as the entry scripts do
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -215,3 +215,47 @@ def test_a_missing_segmenter_checkpoint_says_how_to_make_it(synthetic_root, tmp_
     cfg = tiny_train_config(synthetic_root, f"train.segmenter_checkpoint={tmp_path / 'nowhere.pt'}")
     with pytest.raises(CheckpointError, match="does not exist: write it first with python -m scripts.pretrain_segm"):
         Trainer(cfg, tmp_path / "run", show_progress=False)
+
+
+def test_init_checkpoint_starts_both_networks_from_a_model_file(synthetic_root, tmp_path):
+    """train.init_checkpoint: every weight comes from the file (stage 1 skipped), the optimisers and the step count
+    start afresh; train.segmenter_checkpoint, when also given, then replaces the segmenter."""
+    from engine.checkpoint import CheckpointError, save_checkpoint
+
+    cfg = tiny_train_config(synthetic_root, "train.segmenter_pretrain_epochs=1")
+    classes = Trainer(cfg, tmp_path / "probe", show_progress=False)
+    classes.lock.release()
+    torch.manual_seed(123)  # weights no fresh trainer draws
+    source = build_model(cfg, classes.num_classes)
+    model_file = tmp_path / "model.pt"
+    save_checkpoint(model_file, {"model": source.state_dict(), "config": cfg, "num_classes": classes.num_classes})
+    torch.manual_seed(7)
+    other_segmenter = build_model(cfg, classes.num_classes).segmenter
+    segmenter_file = tmp_path / "segmenter.pt"
+    save_checkpoint(segmenter_file, {"segmenter": other_segmenter.state_dict()})
+
+    trainer = Trainer({**cfg, "train": {**cfg["train"], "init_checkpoint": str(model_file)}}, tmp_path / "a",
+                      show_progress=False)
+    trainer.lock.release()
+    assert trainer.phase == "joint" and trainer.global_step == 0
+    assert all(not opt.state for opt in trainer.optimizers.values())
+    for key, value in source.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+
+    both = Trainer({**cfg, "train": {**cfg["train"], "init_checkpoint": str(model_file),
+                                     "segmenter_checkpoint": str(segmenter_file)}}, tmp_path / "b", show_progress=False)
+    both.lock.release()
+    for key, value in source.fusion.state_dict().items():
+        assert torch.equal(both.model.fusion.state_dict()[key], value), key
+    for key, value in other_segmenter.state_dict().items():
+        assert torch.equal(both.model.segmenter.state_dict()[key], value), key
+
+    wider = tiny_train_config(synthetic_root, "fusion.channels=16")
+    save_checkpoint(tmp_path / "wider.pt", {"model": build_model(wider, classes.num_classes).state_dict()})
+    with pytest.raises(CheckpointError, match=r"init_checkpoint .*wider\.pt does not fit .*shape mismatch"):
+        Trainer({**cfg, "train": {**cfg["train"], "init_checkpoint": str(tmp_path / "wider.pt")}}, tmp_path / "c",
+                show_progress=False)
+    save_checkpoint(tmp_path / "segmenter_only.pt", {"segmenter": other_segmenter.state_dict()})
+    with pytest.raises(CheckpointError, match="holds no model weights"):
+        Trainer({**cfg, "train": {**cfg["train"], "init_checkpoint": str(tmp_path / "segmenter_only.pt")}},
+                tmp_path / "d", show_progress=False)

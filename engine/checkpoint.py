@@ -185,6 +185,18 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, Any], num_classes: i
     return "; ".join(parts) or "the state dict does not fit"
 
 
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], what: str, num_classes: int | None = None,
+                     config: str = "the config") -> None:
+    """Load a model state (older key names migrated) into ``model``; :class:`CheckpointError` naming ``what`` and
+    how the two differ when it does not fit."""
+    state = migrate_model_state(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise CheckpointError(f"{what} does not fit the model built from {config}: "
+                              f"{state_mismatch(model, state, num_classes)}") from None
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Serialise in memory, then write atomically: a crash never leaves a half-written checkpoint."""
     buffer = io.BytesIO()
@@ -244,11 +256,7 @@ def load_model_from_checkpoint(path: str | Path, cfg: dict | None = None, device
         raise CheckpointError(f"{path} does not record the number of classes")
     model = build_model(cfg, num_classes).to(device)
     state = {k: v.float() if torch.is_floating_point(v) else v for k, v in payload["model"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        raise CheckpointError(f"checkpoint {path} does not fit the model built from the config: "
-                              f"{state_mismatch(model, state, num_classes)}") from None
+    load_model_state(model, state, f"checkpoint {path}", num_classes)
     payload["config"] = cfg
     return model.eval(), payload
 

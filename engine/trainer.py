@@ -25,7 +25,7 @@ from data.datasets import build_dataset
 from engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
-    migrate_model_state,
+    load_model_state,
     restore_rng_states,
     rng_states,
     save_checkpoint,
@@ -262,13 +262,7 @@ class Trainer:
             raise CheckpointError(f"train.init_checkpoint {path} holds no model weights (no 'model' entry); give a "
                                   "file written by train.py, scripts.export_model or "
                                   "scripts/convert_release_checkpoint.py")
-        state = migrate_model_state(payload["model"])
-        state = {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}
-        try:
-            self.model.load_state_dict(state)
-        except RuntimeError:
-            raise CheckpointError(f"train.init_checkpoint {path} does not fit the model built from the config: "
-                                  f"{state_mismatch(self.model, state, self.num_classes)}") from None
+        load_model_state(self.model, payload["model"], f"train.init_checkpoint {path}", self.num_classes)
         log.info("model (fusion network and segmenter) initialised from %s; optimisers and schedule start afresh",
                  path)
 
@@ -345,12 +339,7 @@ class Trainer:
         if missing:
             raise CheckpointError(f"checkpoint {path} cannot resume a run: it lacks {', '.join(missing)} (a model-only "
                                   "checkpoint, such as a shipped one, can be fused with test.py but not resumed)")
-        state = migrate_model_state(payload["model"])
-        try:
-            self.model.load_state_dict(state)
-        except RuntimeError:
-            raise CheckpointError(f"checkpoint {path} does not fit the model built from the run's config: "
-                                  f"{state_mismatch(self.model, state, self.num_classes)}") from None
+        load_model_state(self.model, payload["model"], f"checkpoint {path}", self.num_classes, "the run's config")
         try:
             for k, o in self.optimizers.items():
                 o.load_state_dict(payload["optimizers"][k])

@@ -61,6 +61,7 @@ from data.sampling import (
     release_patch_origins,
     sample_seed,
 )
+from data.tone import ToneReference
 
 # Re-exported so that ``from data.datasets import ...`` keeps working; each lives in the module named above.
 __all__ = [
@@ -130,6 +131,9 @@ class PairedFolderDataset(Dataset):
         return_chroma: ("full" mode only) add ``vi_crcb`` and ``ir_crcb`` (2, H, W) chroma (0.5 = neutral for a
             gray file) and ``vi_is_color`` / ``ir_is_color`` (bool tensors) to each sample.
         default_classes: the layout's built-in class list (used by the subclasses).
+        ir_tone_reference: image files or folders; when given, every infrared image is histogram-matched onto their
+            pooled histogram as it is read (:class:`data.tone.ToneReference`; an extension for training on raw MFNet
+            thermal images that look like MSRS's, docs/DECISIONS.md D14).
     """
 
     layout = "folders"
@@ -154,6 +158,7 @@ class PairedFolderDataset(Dataset):
         cache: bool = False,
         return_chroma: bool = False,
         default_classes: Sequence[str] | None = None,
+        ir_tone_reference: PathLike | Sequence[PathLike] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -175,6 +180,7 @@ class PairedFolderDataset(Dataset):
         self.return_chroma = return_chroma
         self._cache: dict[int, dict[str, Any]] = {}
         self._warned_lazy = False
+        self.ir_tone = ToneReference(ir_tone_reference) if ir_tone_reference else None
 
         search = [self.label_dir, self.label_dir.parent] if self.label_dir is not None else []
         names = resolve_class_names(class_names, num_classes, search, default_classes)
@@ -256,6 +262,8 @@ class PairedFolderDataset(Dataset):
             return self._cache[index]
         pair = self.pairs[index]
         sample = load_fusion_pair(pair.ir, pair.vi)
+        if self.ir_tone is not None:
+            sample["ir"] = self.ir_tone.match(sample["ir"])
         sample["name"] = pair.name
         sample["label"] = None
         if pair.label is not None:
@@ -411,7 +419,7 @@ def _root_classes(root: Path) -> Path | None:
 _CFG_KEYS = {
     "name", "root", "ir_dir", "vi_dir", "label_dir", "patch_size", "mode", "flips", "ignore_index", "seed",
     "classes", "num_classes", "min_spread", "contrast_relative_to", "strict", "scan_labels", "cache",
-    "return_chroma", "labels",
+    "return_chroma", "labels", "ir_tone_reference",
 }
 
 
@@ -423,7 +431,9 @@ def build_dataset(cfg: Mapping[str, Any], split: str, mode: Mode | None = None) 
     ``ir_dir`` / ``vi_dir`` / ``label_dir`` (``folders`` only; relative to ``root`` when it is given; ``{split}``
     is replaced by the split), ``patch_size``, ``mode``, ``flips``, ``ignore_index``, ``seed``, ``classes``
     (list of names or a classes.yaml path), ``num_classes``, ``min_spread``, ``contrast_relative_to``, ``strict``,
-    ``scan_labels``, ``cache``, ``return_chroma``, ``labels`` (fmb / msrs: read the label folder, default true).
+    ``scan_labels``, ``cache``, ``return_chroma``, ``labels`` (fmb / msrs: read the label folder, default true),
+    ``ir_tone_reference`` (image files or folders: every infrared image is histogram-matched onto them,
+    :mod:`data.tone`).
 
     Mode: the ``mode`` argument, else ``cfg["mode"]``, else ``"random_crop"`` for the ``train`` split and
     ``"full"`` otherwise.

@@ -127,7 +127,8 @@ class Trainer:
 
         data_cfg = self._dataset_cfg()
         self.train_set = build_dataset({**data_cfg, "mode": cfg["data"]["mode"], "flips": cfg["data"]["flips"],
-                                        "patch_size": cfg["data"]["patch_size"], "seed": cfg["seed"]},
+                                        "patch_size": cfg["data"]["patch_size"], "seed": cfg["seed"],
+                                        "ir_tone_reference": cfg["data"]["ir_tone_reference"]},
                                        cfg["data"]["train_split"])
         if not self.train_set.has_labels:
             raise ValueError(f"training needs segmentation labels; {self.train_set!r} has none")

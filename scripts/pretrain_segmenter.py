@@ -7,6 +7,8 @@
     python -m scripts.pretrain_segmenter --encoder timm-tf_efficientnet_lite0 --encoder-weights imagenet \\
         --mode random_crop --patch 256 --weights log --lr 5e-4 --schedule cosine --steps 900 \\
         --save runs/segmenter_mfnet/segmenter.pt
+    # the same on infrared images histogram-matched to MSRS's tone (configs/mfnet_tone.yaml, docs/DECISIONS.md D14)
+    python -m scripts.pretrain_segmenter ... --ir-tone-reference ../shared/data/MSRS/ir/00556D.png ...
 
 Defaults: DeepLabV3+ (MobileNetV2) from random weights on the 170 MFNet scenes (128² tiles with flips, batch 8,
 Adam 1e-3), cross-entropy on the infrared and the visible image of each patch (``--sources``), then evaluated at
@@ -108,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=128)
     p.add_argument("--mode", choices=("tiles", "random_crop"), default="tiles",
                    help="every patch-size tile of every image per epoch, or one random crop per image")
+    p.add_argument("--ir-tone-reference", nargs="+", default=None, metavar="PATH",
+                   help="histogram-match every training infrared image onto these images or folders (data/tone.py)")
     p.add_argument("--eval-train", type=int, default=30, help="training scenes also evaluated (0: none)")
     p.add_argument("--save", type=Path, default=None, help="write the trained segmenter here")
     p.add_argument("--seed", type=int, default=0)
@@ -132,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
 
     train = build_dataset({"name": args.name, "root": args.root, "mode": args.mode, "flips": True,
-                           "patch_size": args.patch, "seed": args.seed}, args.split)
-    train_full = build_dataset({"name": args.name, "root": args.root, "mode": "full"}, args.split)
+                           "patch_size": args.patch, "seed": args.seed, "ir_tone_reference": args.ir_tone_reference},
+                          args.split)
+    train_full = build_dataset({"name": args.name, "root": args.root, "mode": "full",
+                                "ir_tone_reference": args.ir_tone_reference}, args.split)
     val = build_dataset({"name": args.val_name, "root": args.val_root, "mode": "full"}, args.val_split)
     counts = train.label_scan.class_pixels.astype(np.float64)  # scanned by the dataset when it was built
     freq = counts / max(counts.sum(), 1.0)
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"weights": args.weights, "encoder": args.encoder, "encoder_weights": args.encoder_weights,
               "sources": args.sources, "steps": step, "lr": args.lr, "schedule": args.schedule,
               "patch": args.patch, "mode": args.mode, "batch": args.batch, "seed": args.seed,
+              "ir_tone_reference": args.ir_tone_reference,
               "train_seconds": round(seconds, 1), "val": evaluate(segmenter, val, args.classes)}
     if args.eval_train:
         record["train"] = evaluate(segmenter, train_full, args.classes, args.eval_train)

@@ -1,0 +1,105 @@
+"""Histogram matching of infrared images (data/tone.py) and its dataset switch."""
+import cv2
+import numpy as np
+import pytest
+
+from data.datasets import build_dataset
+from data.tone import LEVELS, ToneReference, level_histogram, matching_table
+
+
+def _save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, encoded = cv2.imencode(path.suffix, array)
+    assert ok
+    encoded.tofile(str(path))
+
+
+def _counts(levels):
+    return np.bincount(np.asarray(levels), minlength=LEVELS).astype(np.float64)
+
+
+def test_a_single_level_goes_to_the_reference_median_golden():
+    # reference: one pixel at 10, one at 30 -> shares 0.25 and 0.75; a one-level image sits at share 0.5 -> 20
+    table = matching_table(_counts([100, 100, 100]), _counts([10, 30]))
+    assert table[100] * 255 == pytest.approx(20.0, abs=1e-12)
+
+
+def test_two_level_golden_values():
+    # source: 3 pixels at 50, 1 at 200 -> shares 0.375 and 0.875; reference: levels 0, 100, 200, 250 once each ->
+    # shares 0.125, 0.375, 0.625, 0.875: 50 -> 100 and 200 -> 250 exactly
+    table = matching_table(_counts([50, 50, 50, 200]), _counts([0, 100, 200, 250]))
+    assert table[50] * 255 == pytest.approx(100.0, abs=1e-12)
+    assert table[200] * 255 == pytest.approx(250.0, abs=1e-12)
+
+
+def test_matching_an_image_onto_its_own_histogram_changes_nothing():
+    rng = np.random.default_rng(0)
+    levels = rng.integers(20, 200, size=(30, 40))
+    image = levels / 255.0
+    counts = level_histogram([image])
+    table = matching_table(counts, counts)
+    np.testing.assert_allclose(table[levels] * 255, levels, atol=1e-9)
+
+
+def test_the_table_is_monotone_and_the_matched_quantiles_follow_the_reference():
+    rng = np.random.default_rng(1)
+    source = np.clip(rng.normal(0.6, 0.08, size=(120, 160)), 0, 1)        # bright, low contrast (raw thermal)
+    reference = np.clip(rng.gamma(2.0, 0.05, size=(120, 160)), 0, 1)      # dark, long bright tail (MSRS)
+    table = matching_table(level_histogram([source]), level_histogram([reference]))
+    assert np.all(np.diff(table) >= 0)
+    matched = table[np.rint(source * 255).astype(int)]
+    for q in (10, 50, 90):
+        assert abs(np.percentile(matched, q) - np.percentile(reference, q)) < 0.02
+    assert abs(np.percentile(source, 50) - np.percentile(reference, 50)) > 0.4  # the match did move it
+
+
+def test_bad_histograms_are_refused():
+    with pytest.raises(ValueError, match="256 bins"):
+        matching_table(np.ones(10), np.ones(LEVELS))
+    with pytest.raises(ValueError, match="non-empty"):
+        matching_table(np.zeros(LEVELS), np.ones(LEVELS))
+
+
+def test_tone_reference_reads_files_and_folders_and_names_a_missing_path(tmp_path):
+    _save(tmp_path / "ref" / "a.png", np.full((4, 4), 10, np.uint8))
+    _save(tmp_path / "ref" / "b.png", np.full((4, 4), 30, np.uint8))
+    from_folder = ToneReference(tmp_path / "ref")
+    from_files = ToneReference([tmp_path / "ref" / "a.png", str(tmp_path / "ref" / "b.png")])
+    np.testing.assert_array_equal(from_folder.counts, from_files.counts)
+    assert from_folder.counts[10] == 16 and from_folder.counts[30] == 16
+    assert from_folder.match(np.full((2, 3), 0.7, np.float32)) == pytest.approx(20 / 255)
+    with pytest.raises(FileNotFoundError, match="nowhere.png"):
+        ToneReference([tmp_path / "nowhere.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        ToneReference(tmp_path / "empty")
+
+
+def test_dataset_matches_the_infrared_only(tmp_path):
+    rng = np.random.default_rng(2)
+    ir = rng.integers(100, 160, size=(24, 32)).astype(np.uint8)
+    vi = rng.integers(0, 255, size=(24, 32)).astype(np.uint8)
+    _save(tmp_path / "ir" / "s.png", ir)
+    _save(tmp_path / "vi" / "s.png", vi)
+    reference = rng.integers(0, 60, size=(24, 32)).astype(np.uint8)
+    _save(tmp_path / "ref" / "r.png", reference)
+    cfg = {"name": "folders", "root": tmp_path, "ir_dir": "ir", "vi_dir": "vi", "mode": "full"}
+    plain = build_dataset(cfg, "test")[0]
+    matched = build_dataset({**cfg, "ir_tone_reference": [tmp_path / "ref"]}, "test")[0]
+    assert np.array_equal(matched["vi"].numpy(), plain["vi"].numpy())
+    expected = ToneReference(tmp_path / "ref").match(ir / 255.0)
+    np.testing.assert_allclose(matched["ir"][0].numpy(), expected, atol=1e-7)
+    assert matched["ir"].max() <= 60 / 255 + 1e-6 < plain["ir"].min()
+
+
+def test_trainer_tones_the_training_infrared_but_not_the_validation_set(synthetic_root, tmp_path):
+    from engine.trainer import Trainer
+    from tests.helpers.factories import tiny_train_config
+
+    reference = tmp_path / "ref.png"
+    _save(reference, np.random.default_rng(3).integers(0, 40, size=(16, 16)).astype(np.uint8))
+    cfg = tiny_train_config(synthetic_root, f"data.ir_tone_reference=[{reference}]")
+    trainer = Trainer(cfg, tmp_path / "run", show_progress=False)
+    assert trainer.train_set.ir_tone is not None
+    assert trainer.train_set[0]["ir"].max() <= 40 / 255 + 1e-6
+    assert trainer.val_set.dataset.ir_tone is None

@@ -5,13 +5,15 @@ mid-gray with low contrast (mean about 70 of 255), MSRS's were contrast-enhanced
 warm objects (mean about 20). A model trained on the first and evaluated on the second meets a domain shift.
 ``data.ir_tone_reference`` (training) and ``scripts.pretrain_segmenter --ir-tone-reference`` map every training
 infrared image, by the monotone look-up table of histogram specification, onto the pooled histogram of a few
-reference images (docs/DECISIONS.md D14: the 4 MSRS *training-split* infrared images in ``../shared/data/MSRS``;
-no evaluation image is used).
+reference images (docs/DECISIONS.md D14: the 4 MSRS *training-split* infrared images in ``../shared/data/MSRS``,
+named file by file, since most of that folder's images are test scenes; no evaluation image is used).
 
-Images are float32 in [0, 1] as :mod:`data.io` reads them; the histograms have 256 bins (8-bit files map exactly).
+Images are float32 in [0, 1] as :mod:`data.io` reads them; the histograms have 256 bins (8-bit files map exactly;
+16-bit files are rounded to 256 levels first, so their matched images have at most 256 values).
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,9 @@ from data.io import list_images, luminance, read_image
 
 PathLike = str | os.PathLike
 LEVELS = 256
+MIN_REFERENCE_LEVELS = 16  # fewer occupied levels than this: the matched images lose most of their tones
+
+logger = logging.getLogger(__name__)
 
 
 def _levels(image: np.ndarray) -> np.ndarray:
@@ -61,7 +66,8 @@ class ToneReference:
     """The pooled 256-bin histogram of reference gray images, and the matching of other images onto it.
 
     Args:
-        paths: image files, or folders whose images (every file :func:`data.io.list_images` finds) all count.
+        paths: image files, or folders whose images (every file :func:`data.io.list_images` finds) all count;
+            relative paths are relative to the working directory. Colour files count by their luminance.
     Raises:
         ValueError: no image among the paths; :class:`data.io.ImageReadError` for a file that cannot be read.
     """
@@ -80,6 +86,10 @@ class ToneReference:
             raise ValueError(f"ir_tone_reference: no images in {[str(p) for p in items]}")
         self.files = files
         self.counts = level_histogram([luminance(read_image(f)) for f in files])
+        occupied = int(np.count_nonzero(self.counts))
+        if occupied < MIN_REFERENCE_LEVELS:
+            logger.warning("ir_tone_reference: the reference images use only %d of %d levels, so every matched image "
+                           "will have at most %d values", occupied, LEVELS, occupied)
 
     def match(self, image: np.ndarray) -> np.ndarray:
         """``image`` (H, W) float in [0, 1] with its histogram mapped onto the reference's: (H, W) float32."""

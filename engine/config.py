@@ -70,7 +70,8 @@ RUN_SETTINGS: dict[str, dict[str, tuple[Any, str]]] = {
                                         "release) or to the [0, 1] range (range)"),
         "ir_tone_reference": (None, "image files or folders: every training infrared image is histogram-matched onto "
                                     "their pooled histogram (an extension, data/tone.py, docs/DECISIONS.md D14; the "
-                                    "validation images are left as they are)"),
+                                    "validation images are left as they are; name training-split files, never "
+                                    "evaluation scenes)"),
         "cache": (False, "keep decoded images in memory (small datasets; each DataLoader worker holds its copy)"),
         "strict": (False, "fail on files without a partner instead of leaving them out with a warning"),
         "ignore_index": (255, "label value of 'no class': skipped by L_seg, the mIoU and the attribution regions"),

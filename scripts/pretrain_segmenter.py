@@ -111,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("tiles", "random_crop"), default="tiles",
                    help="every patch-size tile of every image per epoch, or one random crop per image")
     p.add_argument("--ir-tone-reference", nargs="+", default=None, metavar="PATH",
-                   help="histogram-match every training infrared image onto these images or folders (data/tone.py)")
+                   help="histogram-match every training infrared image onto these images or folders (data/tone.py; "
+                        "name training-split files, never evaluation scenes)")
     p.add_argument("--eval-train", type=int, default=30, help="training scenes also evaluated (0: none)")
     p.add_argument("--save", type=Path, default=None, help="write the trained segmenter here")
     p.add_argument("--seed", type=int, default=0)

@@ -92,6 +92,34 @@ def test_dataset_matches_the_infrared_only(tmp_path):
     assert matched["ir"].max() <= 60 / 255 + 1e-6 < plain["ir"].min()
 
 
+def test_a_random_crop_is_the_same_crop_of_the_toned_image_and_the_cache_tones_once(tmp_path):
+    # the whole image is matched before cropping (a crop's own histogram would give another table), and a cached
+    # sample is not matched a second time
+    rng = np.random.default_rng(4)
+    ir = np.concatenate([rng.integers(90, 110, size=(24, 20)), rng.integers(150, 250, size=(24, 20))], axis=1)
+    _save(tmp_path / "ir" / "s.png", ir.astype(np.uint8))
+    _save(tmp_path / "vi" / "s.png", rng.integers(0, 255, size=(24, 40)).astype(np.uint8))
+    _save(tmp_path / "ref" / "r.png", rng.integers(0, 60, size=(24, 32)).astype(np.uint8))
+    cfg = {"name": "folders", "root": tmp_path, "ir_dir": "ir", "vi_dir": "vi", "ir_tone_reference": tmp_path / "ref"}
+    full = build_dataset({**cfg, "mode": "full"}, "test")[0]["ir"][0].numpy()
+    crops = build_dataset({**cfg, "mode": "random_crop", "patch_size": 8, "flips": False, "seed": 0}, "train")
+    crop = crops[0]["ir"][0].numpy()
+    hits = [(top, left) for top in range(24 - 7) for left in range(40 - 7)
+            if np.array_equal(full[top:top + 8, left:left + 8], crop)]
+    assert hits, "the crop is not a window of the toned full image"
+    cached = build_dataset({**cfg, "mode": "full", "cache": True}, "test")
+    first, second = cached[0]["ir"].numpy(), cached[0]["ir"].numpy()
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first[0], full)
+
+
+def test_a_reference_with_few_levels_is_warned_about(tmp_path, caplog):
+    _save(tmp_path / "flat.png", np.full((8, 8), 40, np.uint8))
+    with caplog.at_level("WARNING"):
+        ToneReference(tmp_path / "flat.png")
+    assert "1 of 256 levels" in caplog.text
+
+
 def test_trainer_tones_the_training_infrared_but_not_the_validation_set(synthetic_root, tmp_path):
     from engine.trainer import Trainer
     from tests.helpers.factories import tiny_train_config
@@ -103,3 +131,20 @@ def test_trainer_tones_the_training_infrared_but_not_the_validation_set(syntheti
     assert trainer.train_set.ir_tone is not None
     assert trainer.train_set[0]["ir"].max() <= 40 / 255 + 1e-6
     assert trainer.val_set.dataset.ir_tone is None
+
+
+def test_tone_figure_draws_the_matching(tmp_path):
+    from scripts.tone_figure import main
+
+    rng = np.random.default_rng(1)
+    _save(tmp_path / "ref.png", rng.integers(0, 60, size=(24, 32)).astype(np.uint8))
+    _save(tmp_path / "raw.png", rng.integers(60, 120, size=(24, 32)).astype(np.uint8))
+    figure = tmp_path / "out" / "tone.png"
+    assert main(["--reference", str(tmp_path / "ref.png"), "--images", str(tmp_path / "raw.png"),
+                 "--figure", str(figure)]) == 0
+    assert cv2.imread(str(figure)) is not None
+    assert not list(figure.parent.glob(".*"))  # no temporary file left behind
+    assert main(["--reference", str(tmp_path / "nowhere.png"), "--images", str(tmp_path / "raw.png"),
+                 "--figure", str(figure)]) == 2
+    assert main(["--reference", str(tmp_path / "ref.png"), "--images", str(tmp_path / "raw.png"),
+                 "--figure", str(tmp_path / "tone.jpg")]) == 2

@@ -1,5 +1,5 @@
-"""The two shipped models load as their model cards say, and the ImageNet one's segmenter sees a person and a car
-in a bundled real scene (what makes its attribution weights vary; checkpoints/README.md)."""
+"""The shipped models load as their model cards say, and the two with an ImageNet-initialised segmenter see a person
+and a car in a bundled real scene (what makes their attribution weights vary; checkpoints/README.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,19 +14,21 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "assets" / "samples"
 
 
-@pytest.mark.parametrize("name, encoder", [("uaafusion_mfnet.pt", "mobilenet_v2"),
-                                           ("uaafusion_mfnet_imagenet.pt", "tu-tf_efficientnet_lite0")])
+@pytest.mark.parametrize("name, encoder", [("uaafusion_mfnet.pt", "tu-tf_efficientnet_lite0"),
+                                           ("uaafusion_mfnet_imagenet.pt", "tu-tf_efficientnet_lite0"),
+                                           ("uaafusion_mfnet_mobilenetv2.pt", "mobilenet_v2")])
 def test_shipped_model_loads_with_its_config(name, encoder):
     model, payload = load_model_from_checkpoint(REPO / "checkpoints" / name)
     assert payload["config"]["segmenter"]["encoder"] == encoder
     assert model.num_classes == 9 and model.fusion.num_stages == 5
 
 
-def test_the_imagenet_models_segmenter_finds_people_and_cars_in_a_night_scene():
+@pytest.mark.parametrize("name", ["uaafusion_mfnet.pt", "uaafusion_mfnet_imagenet.pt"])
+def test_the_imagenet_models_segmenters_find_people_and_cars_in_a_night_scene(name):
     torch.set_num_threads(1)
-    model, _ = load_model_from_checkpoint(REPO / "checkpoints" / "uaafusion_mfnet_imagenet.pt")
+    model, _ = load_model_from_checkpoint(REPO / "checkpoints" / name)
     pair = load_fusion_pair(SAMPLES / "ir" / "00714N.png", SAMPLES / "vi" / "00714N.png")
     ir, vi = (torch.from_numpy(pair[k])[None, None] for k in ("ir", "vi_y"))
     regions, _ = model.predict_regions(model.fusion.initial_estimate(ir, vi))
     share = {c: float((regions == c).float().mean()) for c in (1, 2)}  # car, person
-    assert share[1] > 1e-3 and share[2] > 1e-3, share  # the old model's segmenter finds neither (RESULTS)
+    assert share[1] > 1e-3 and share[2] > 1e-3, share  # the MobileNetV2 model finds neither (RESULTS)

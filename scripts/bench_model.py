@@ -3,7 +3,7 @@
     python -m scripts.bench_model                   # fuse 640×480 + train step 8×1×128², 15 classes, 2 threads
     python -m scripts.bench_model --quick           # fuse 320×240 + train step 4×1×64²
     python -m scripts.bench_model --amp bf16        # the optimised path under bf16 autocast as a third variant
-    python -m scripts.bench_model --encoder timm-tf_efficientnet_lite0 --classes 9   # the shipped model's segmenter
+    python -m scripts.bench_model --encoder tu-tf_efficientnet_lite0 --classes 9     # the shipped model's segmenter
     python -m scripts.bench_model --device cuda     # on a GPU (the baseline is then the reference kernels only)
     python -m scripts.bench_model --what fuse --no-baseline --fuse-classes 5   # fusing with 5 classes in the scene
 

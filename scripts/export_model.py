@@ -1,7 +1,7 @@
 """Turn a training checkpoint into a model file to ship: weights, config, classes and the training record, no
 optimiser or generator state (it fuses with test.py; it cannot resume training).
 
-    python -m scripts.export_model runs/mfnet/last.pt checkpoints/uaafusion_mfnet.pt [--half] [--note TEXT]
+    python -m scripts.export_model runs/mfnet_tone/last.pt checkpoints/uaafusion_mfnet.pt [--half] [--note TEXT]
 
 ``--half`` stores floating-point tensors in float16 (about half the size); loading restores float32. The
 output is written atomically and loads with ``torch.load(weights_only=True)``.

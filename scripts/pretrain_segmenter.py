@@ -3,12 +3,13 @@
     # does the segmenter learn more than the background? (session 3's probe: MobileNetV2 from random weights)
     python -m scripts.pretrain_segmenter --weights none --steps 450
     python -m scripts.pretrain_segmenter --weights median --steps 450
-    # the shipped model's segmenter: ImageNet EfficientNet-Lite0, 256² crops (configs/mfnet.yaml, docs/RESULTS.md)
-    python -m scripts.pretrain_segmenter --encoder timm-tf_efficientnet_lite0 --encoder-weights imagenet \\
-        --mode random_crop --patch 256 --weights log --lr 5e-4 --schedule cosine --steps 900 \\
+    # the ImageNet model's segmenter: EfficientNet-Lite0, 256² crops (configs/mfnet_imagenet.yaml, docs/RESULTS.md)
+    python -m scripts.pretrain_segmenter --encoder tu-tf_efficientnet_lite0 --encoder-weights imagenet \\
+        --mode random_crop --patch 256 --weights log --lr 5e-4 --schedule cosine --steps 1200 \\
         --save runs/segmenter_mfnet/segmenter.pt
-    # the same on infrared images histogram-matched to MSRS's tone (configs/mfnet_tone.yaml, docs/DECISIONS.md D14)
-    python -m scripts.pretrain_segmenter ... --ir-tone-reference ../shared/data/MSRS/ir/00556D.png ...
+    # the default model's: the same for 600 steps on infrared images histogram-matched to MSRS's tone
+    # (the whole command is in configs/mfnet_tone.yaml's header; docs/DECISIONS.md D14)
+    python -m scripts.pretrain_segmenter ... --steps 600 --ir-tone-reference ../shared/data/MSRS/ir/00556D.png ...
 
 Defaults: DeepLabV3+ (MobileNetV2) from random weights on the 170 MFNet scenes (128² tiles with flips, batch 8,
 Adam 1e-3), cross-entropy on the infrared and the visible image of each patch (``--sources``), then evaluated at

@@ -1,7 +1,8 @@
 """Compare a checkpoint with the sources and a published method on labelled real scenes (docs/RESULTS.md).
 
     python -m scripts.real_results --checkpoint checkpoints/uaafusion_mfnet.pt \\
-        --data ../shared/data/MSRS_labelled --out results/mfnet_msrs --figure docs/figures/mfnet_msrs_comparison.png
+        --data ../shared/data/MSRS_labelled --out results/mfnet_tone_msrs \\
+        --figure docs/figures/mfnet_tone_msrs_comparison.png
 
 The folder holds ``ir/``, ``vi/``, ``label/`` and optionally published outputs of other methods (``--method
 NAME=SUBFOLDER``, default ``SeAFusion=SeAFusion`` when that folder exists). It writes:

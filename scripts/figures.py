@@ -52,6 +52,7 @@ from scripts.repro_common import (
     say,
     warn,
 )
+from utils.atomic import save_figure
 
 plt.switch_backend("Agg")  # files only, no display
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -221,15 +222,6 @@ def region_image(regions: np.ndarray, colours: np.ndarray, ignore_index: int) ->
     return image
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """Save a figure as PNG (written to a temporary name, then renamed) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def draw_figure3(maps: ImageMaps, class_names: list[str], ignore_index: int, path: Path) -> dict[str, Any]:
     """Figure 3 panel; returns the per-region numbers written to the JSON beside it."""
     colours = palette(len(class_names))
@@ -246,7 +238,7 @@ def draw_figure3(maps: ImageMaps, class_names: list[str], ignore_index: int, pat
     axes[1, 0].legend(handles=patches, loc="upper left", bbox_to_anchor=(0.0, -0.02), ncol=3, fontsize=7,
                       frameon=False)
     fig.suptitle(f"Figure 3: attribution weights, {maps.name}", fontsize=11)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     regions = {}
     for c, n in zip(present, counts):
         mask = maps.regions == c
@@ -270,7 +262,7 @@ def draw_figure4(maps: ImageMaps, class_names: list[str], path: Path) -> None:
     for ax in flat[panels:]:
         ax.axis("off")
     fig.suptitle(f"Figure 4: attribution attention, {maps.name}", fontsize=11)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def draw_stages(maps: ImageMaps, path: Path) -> None:
@@ -283,7 +275,7 @@ def draw_stages(maps: ImageMaps, path: Path) -> None:
     for k, att in enumerate(maps.used_attention, start=1):
         show_attention(axes[1, k], att, f"A^({k})")
     fig.suptitle(f"Stage outputs and attention, {maps.name}", fontsize=11)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 # ---------------------------------------------------------------------------------------------------- driver

@@ -38,7 +38,7 @@ from metrics.evaluate import evaluate_folders
 from metrics.report import format_table
 from metrics.segmentation import class_scores, confusion_matrix
 from models.segmenter import segment
-from utils.atomic import atomic_write_text
+from utils.atomic import atomic_write_text, save_figure
 
 OURS = "UAAFusion (ours)"
 REGIONS = "inference regions (on I^(0))"
@@ -168,11 +168,7 @@ def comparison_figure(path: Path, names: list[str], data: Path, methods: dict[st
         axes[row][0].text(-0.04, 0.5, name, transform=axes[row][0].transAxes, rotation=90, va="center",
                           ha="right", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=80)
 
 
 def _find(folder: Path, name: str) -> Path:

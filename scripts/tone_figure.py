@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ if not __package__:  # run by path: put the repository root on the import path
 
 from data.io import luminance, read_image
 from data.tone import LEVELS, ToneReference, level_histogram
-from utils.atomic import atomic_write_bytes
+from utils.atomic import save_figure
 
 plt.switch_backend("Agg")
 
@@ -35,12 +34,10 @@ def draw(tone: ToneReference, images: list[Path], figure: Path) -> None:
     fig, axes = plt.subplots(rows, 3, figsize=(12, 3.2 * rows), squeeze=False)
     try:
         _fill(fig, axes, tone, images)
-        buffer = BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
-    finally:
+    except BaseException:
         plt.close(fig)
-    figure.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(figure, buffer.getvalue())
+        raise
+    save_figure(fig, figure, dpi=80)
 
 
 def _fill(fig: Any, axes: Any, tone: ToneReference, images: list[Path]) -> None:

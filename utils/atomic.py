@@ -12,7 +12,7 @@ import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def _read_umask() -> int:
@@ -86,6 +86,19 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically."""
     with atomic_open(path, "wb") as handle:
         handle.write(payload)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
+    """Write a matplotlib figure to ``path`` as PNG atomically (creating its folder) and close it."""
+    import matplotlib.pyplot as plt  # only the figure scripts need matplotlib
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, format="png", **savefig_kwargs)
+    finally:
+        plt.close(fig)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -29,6 +29,7 @@ OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "data.val_name": (str,),
     "data.val_root": (str,),
     "data.num_classes": (int,),
+    "data.ir_tone_reference": (list, str),
     "train.max_steps_per_epoch": (int,),
     "train.segmenter_checkpoint": (str,),
     "train.init_checkpoint": (str,),

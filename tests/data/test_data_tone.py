@@ -1,10 +1,15 @@
 """Histogram matching of infrared images (data/tone.py) and its dataset switch."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
 from data.datasets import build_dataset
 from data.tone import LEVELS, ToneReference, level_histogram, matching_table
+from engine.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _save(path, array):
@@ -148,3 +153,11 @@ def test_tone_figure_draws_the_matching(tmp_path):
                  "--figure", str(figure)]) == 2
     assert main(["--reference", str(tmp_path / "ref.png"), "--images", str(tmp_path / "raw.png"),
                  "--figure", str(tmp_path / "tone.jpg")]) == 2
+
+
+def test_a_config_with_a_tone_reference_can_switch_it_off_on_the_command_line():
+    cfg = load_config(REPO / "configs" / "mfnet_tone.yaml", ["data.ir_tone_reference=null"])
+    assert cfg["data"]["ir_tone_reference"] is None
+    assert len(load_config(REPO / "configs" / "mfnet_tone.yaml")["data"]["ir_tone_reference"]) == 4
+    with pytest.raises(ConfigError, match="ir_tone_reference"):
+        load_config(REPO / "configs" / "mfnet_tone.yaml", ["data.ir_tone_reference=3"])

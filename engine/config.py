@@ -103,6 +103,10 @@ RUN_SETTINGS: dict[str, dict[str, tuple[Any, str]]] = {
         "grad_clip": (None, "clip the gradient norm to this value"),
         "grad_clip_scope": ("all", "all | optimizer: one norm over every parameter, or one per optimizer (with "
                                    "separate_segmenter_optimizer, the fusion network's own norm; not in the paper)"),
+        "segmenter_batchnorm": ("train", "train | frozen: in joint training the segmenter's BatchNorm layers "
+                                         "update their running statistics (train, as torch does by default) or keep "
+                                         "those they start with (frozen: eval-mode BatchNorm, weights still learn; an "
+                                         "extension, docs/DECISIONS.md D15)"),
         "compile": (False, "torch.compile the fusion network's stages at the training patch size (engine/compile.py; "
                            "falls back to eager with a warning where no compiler is usable; validation stays eager)"),
     },

@@ -155,6 +155,9 @@ class Trainer:
                 find_unused_parameters=True)
         self.optimizers, self.schedulers = self._build_optimizers()
         self._clip_groups()  # an unknown train.grad_clip_scope fails here, before any work
+        if self.tcfg["segmenter_batchnorm"] not in ("train", "frozen"):
+            raise ValueError("train.segmenter_batchnorm must be 'train' or 'frozen', "
+                             f"not {self.tcfg['segmenter_batchnorm']!r}")
         self.pretrain_optimizer = torch.optim.Adam(self.model.segmenter.parameters(), lr=self.tcfg["segmenter_lr"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] == "fp16" and self.device.type == "cuda")
 
@@ -498,6 +501,10 @@ class Trainer:
         killed run resumes mid-epoch (single process) exactly where it stopped.
         """
         self.model.train()
+        if self.tcfg["segmenter_batchnorm"] == "frozen":  # keep the running statistics the segmenter came with
+            for layer in self.model.segmenter.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
         steps = self._steps_in(self._loader(epoch))
         start = self.step_in_epoch if not self.dist.enabled else 0
         loader = self._loader(epoch, start)

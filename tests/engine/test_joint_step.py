@@ -259,3 +259,31 @@ def test_init_checkpoint_starts_both_networks_from_a_model_file(synthetic_root, 
     with pytest.raises(CheckpointError, match="holds no model weights"):
         Trainer({**cfg, "train": {**cfg["train"], "init_checkpoint": str(tmp_path / "segmenter_only.pt")}},
                 tmp_path / "d", show_progress=False)
+
+
+@pytest.mark.parametrize("mode", ["train", "frozen"])
+def test_segmenter_batchnorm_statistics_move_only_when_not_frozen(synthetic_root, tmp_path, mode):
+    """``train.segmenter_batchnorm: frozen`` (D15): the joint stage keeps the segmenter's running statistics, and its
+    weights still learn; ``train`` (default) lets the statistics follow the training batches."""
+    cfg = tiny_train_config(synthetic_root, "train.epochs=1", "train.max_steps_per_epoch=2", "data.val_pairs=1",
+                            f"train.segmenter_batchnorm={mode}")
+    trainer = Trainer(cfg, tmp_path, show_progress=False)
+    segmenter = trainer.model.segmenter
+    before = {k: v.clone() for k, v in segmenter.state_dict().items()}
+    trainer.train_one_epoch(0)
+    trainer.lock.release()
+    after = segmenter.state_dict()
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k, _ in segmenter.named_parameters()]
+    assert statistics and weights
+    moved = [k for k in statistics if not torch.equal(before[k], after[k])]
+    assert (moved == []) if mode == "frozen" else (len(moved) == len(statistics))
+    assert any(not torch.equal(before[k], after[k]) for k in weights)  # the weights learn in both modes
+    layers = [m for m in segmenter.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert all(m.training == (mode == "train") for m in layers) and segmenter.training
+
+
+def test_unknown_segmenter_batchnorm_mode_fails_before_training(synthetic_root, tmp_path):
+    cfg = tiny_train_config(synthetic_root, "train.segmenter_batchnorm=fixed")
+    with pytest.raises(ValueError, match="segmenter_batchnorm must be 'train' or 'frozen'"):
+        Trainer(cfg, tmp_path, show_progress=False)

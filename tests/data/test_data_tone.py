@@ -4,6 +4,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from data.datasets import build_dataset
 from data.tone import LEVELS, ToneReference, level_histogram, matching_table
@@ -161,3 +162,14 @@ def test_a_config_with_a_tone_reference_can_switch_it_off_on_the_command_line():
     assert len(load_config(REPO / "configs" / "mfnet_tone.yaml")["data"]["ir_tone_reference"]) == 4
     with pytest.raises(ConfigError, match="ir_tone_reference"):
         load_config(REPO / "configs" / "mfnet_tone.yaml", ["data.ir_tone_reference=3"])
+
+
+def test_the_default_models_config_is_the_toned_one_with_frozen_segmenter_batchnorm_and_nothing_else():
+    toned = load_config(REPO / "configs" / "mfnet_tone.yaml")
+    frozen = load_config(REPO / "configs" / "mfnet_tone_frozen.yaml")
+    assert toned["train"]["segmenter_batchnorm"] == "train" and frozen["train"]["segmenter_batchnorm"] == "frozen"
+    frozen["train"]["segmenter_batchnorm"] = "train"
+    assert frozen == toned
+    shipped = torch.load(REPO / "checkpoints" / "uaafusion_mfnet.pt", map_location="cpu", weights_only=True)
+    assert shipped["config"]["train"]["segmenter_batchnorm"] == "frozen"
+    assert shipped["config"]["data"]["ir_tone_reference"] == toned["data"]["ir_tone_reference"]

@@ -84,6 +84,14 @@ class JointModel(nn.Module):
 # ---------------------------------------------------------------------------------------------- trainer
 
 
+def dataset_config(data: dict) -> dict:
+    """The ``build_dataset`` keys that a run's ``data`` config block fixes for both splits (layout, folders, labels,
+    patch filtering); mode, crops, seed and toning are added by the caller."""
+    keys = ("name", "root", "ir_dir", "vi_dir", "label_dir", "ignore_index", "num_classes", "min_spread",
+            "contrast_relative_to", "cache", "strict")
+    return {k: data[k] for k in keys if data.get(k) is not None}
+
+
 class Trainer:
     """Runs both training stages from a resolved config; see the module docstring."""
 
@@ -187,10 +195,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- building
 
     def _dataset_cfg(self) -> dict:
-        d = self.cfg["data"]
-        keys = ("name", "root", "ir_dir", "vi_dir", "label_dir", "ignore_index", "num_classes", "min_spread",
-                "contrast_relative_to", "cache", "strict")
-        return {k: d[k] for k in keys if d[k] is not None}
+        return dataset_config(self.cfg["data"])
 
     def _seg_class_weights(self, settings: LossSettings) -> torch.Tensor | None:
         """L_seg's class weights (``loss.seg_class_weights``, an extension); ``median`` uses the class pixel counts

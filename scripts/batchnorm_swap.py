@@ -37,6 +37,7 @@ from tqdm import tqdm
 from data.datasets import build_dataset
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.runtime import configure_threads
+from engine.trainer import dataset_config
 from models.segmenter import build_segmenter, pad_to_multiple, segmenter_stride
 from scripts.pretrain_segmenter import SOURCES, evaluate, source_image
 
@@ -134,8 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def training_set(config: dict):
     """The model's own training scenes at full size, infrared toned as its config says (labels not needed)."""
     data = config["data"]
-    cfg = {"name": data.get("name"), "root": data.get("root"), "ir_dir": data.get("ir_dir"),
-           "vi_dir": data.get("vi_dir"), "ir_tone_reference": data.get("ir_tone_reference"), "mode": "full"}
+    cfg = {**dataset_config(data), "ir_tone_reference": data.get("ir_tone_reference"), "mode": "full"}
     return build_dataset(cfg, data.get("train_split", "train"))
 
 

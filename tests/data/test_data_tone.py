@@ -164,12 +164,17 @@ def test_a_config_with_a_tone_reference_can_switch_it_off_on_the_command_line():
         load_config(REPO / "configs" / "mfnet_tone.yaml", ["data.ir_tone_reference=3"])
 
 
-def test_the_default_models_config_is_the_toned_one_with_frozen_segmenter_batchnorm_and_nothing_else():
+def test_the_default_models_config_is_the_frozen_toned_one_with_another_segmenter_and_nothing_else():
     toned = load_config(REPO / "configs" / "mfnet_tone.yaml")
     frozen = load_config(REPO / "configs" / "mfnet_tone_frozen.yaml")
+    avg = load_config(REPO / "configs" / "mfnet_tone_frozen_avg.yaml")
+    assert avg["train"]["segmenter_checkpoint"] == "runs/segmenter_tone_avg/segmenter.pt"
+    avg["train"]["segmenter_checkpoint"] = frozen["train"]["segmenter_checkpoint"]
+    assert avg == frozen
     assert toned["train"]["segmenter_batchnorm"] == "train" and frozen["train"]["segmenter_batchnorm"] == "frozen"
     frozen["train"]["segmenter_batchnorm"] = "train"
     assert frozen == toned
+    # the shipped model was trained with exactly configs/mfnet_tone_frozen_avg.yaml and its header's start
     shipped = torch.load(REPO / "checkpoints" / "uaafusion_mfnet.pt", map_location="cpu", weights_only=True)
-    assert shipped["config"]["train"]["segmenter_batchnorm"] == "frozen"
-    assert shipped["config"]["data"]["ir_tone_reference"] == toned["data"]["ir_tone_reference"]
+    assert shipped["config"] == load_config(REPO / "configs" / "mfnet_tone_frozen_avg.yaml",
+                                            ["train.init_checkpoint=checkpoints/uaafusion_mfnet_imagenet.pt"])

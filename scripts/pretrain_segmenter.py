@@ -7,9 +7,12 @@
     python -m scripts.pretrain_segmenter --encoder tu-tf_efficientnet_lite0 --encoder-weights imagenet \\
         --mode random_crop --patch 256 --weights log --lr 5e-4 --schedule cosine --steps 1200 \\
         --save runs/segmenter_mfnet/segmenter.pt
-    # the default model's: the same for 600 steps on infrared images histogram-matched to MSRS's tone
+    # the session-10 and -12 defaults': the same for 600 steps on infrared images histogram-matched to MSRS's tone
     # (the whole command is in configs/mfnet_tone.yaml's header; docs/DECISIONS.md D14)
     python -m scripts.pretrain_segmenter ... --steps 600 --ir-tone-reference ../shared/data/MSRS/ir/00556D.png ...
+    # the default model's since session 13: also on the averaged image of every crop, the image the regions come
+    # from at inference (configs/mfnet_tone_frozen_avg.yaml's header; docs/DECISIONS.md D16)
+    python -m scripts.pretrain_segmenter ... --steps 600 --sources ir vi avg --ir-tone-reference ...
 
 Defaults: DeepLabV3+ (MobileNetV2) from random weights on the 170 MFNet scenes (128² tiles with flips, batch 8,
 Adam 1e-3), cross-entropy on the infrared and the visible image of each patch (``--sources``), then evaluated at
@@ -44,6 +47,7 @@ from engine.runtime import configure_threads, tune_allocator
 from losses.class_weights import log_frequency_weights, median_frequency_weights
 from losses.fusion_losses import segmentation_loss
 from metrics.segmentation import class_scores, confusion_matrix
+from models.fusion_net import UAAFusionNet
 from models.segmenter import build_segmenter, segment
 
 WEIGHTINGS = ("none", "median", "log")
@@ -59,8 +63,9 @@ def class_weights(freq: np.ndarray, weighting: str) -> torch.Tensor | None:
 
 
 def source_image(sample: dict, source: str) -> torch.Tensor:
-    """The image of ``sample`` that the segmenter sees for ``source``: ir, vi or I^(0) = (ir + vi) / 2."""
-    return (sample["ir"] + sample["vi"]) / 2 if source == "avg" else sample[source]
+    """The image of ``sample`` that the segmenter sees for ``source``: ir, vi or I^(0) = (ir + vi) / 2, the fusion
+    network's initial estimate, on which the segmenter finds the attribution regions at inference."""
+    return UAAFusionNet.initial_estimate(sample["ir"], sample["vi"]) if source == "avg" else sample[source]
 
 
 def evaluate(segmenter, dataset, num_classes: int, limit: int | None = None,

@@ -76,3 +76,16 @@ def test_class_weights_and_the_cosine_schedule():
     torch.testing.assert_close(class_weights(np.array([0.5, 0.5]), "log"), torch.full((2,), 1 / np.log(1.52)))
     assert learning_rate(1e-3, 0, 10, "cosine") == 1e-3 and learning_rate(1e-3, 5, 10, "cosine") == pytest.approx(5e-4)
     assert learning_rate(1e-3, 7, 10, "constant") == 1e-3
+
+
+def test_pretraining_on_avg_shows_the_segmenter_the_image_it_segments_at_inference():
+    from models.fusion_net import UAAFusionNet
+    from scripts.pretrain_segmenter import source_image
+
+    generator = torch.Generator().manual_seed(0)
+    sample = {"ir": torch.rand(2, 1, 4, 5, generator=generator, dtype=torch.float64),
+              "vi": torch.rand(2, 1, 4, 5, generator=generator, dtype=torch.float64)}
+    avg = source_image(sample, "avg")
+    torch.testing.assert_close(avg, UAAFusionNet.initial_estimate(sample["ir"], sample["vi"]), rtol=0, atol=0)
+    torch.testing.assert_close(avg, (sample["ir"] + sample["vi"]) / 2, rtol=0, atol=0)
+    assert source_image(sample, "ir") is sample["ir"] and source_image(sample, "vi") is sample["vi"]

@@ -124,6 +124,25 @@ def build_segmenter(
         return smp.DeepLabV3Plus(encoder_weights=None, **kwargs)
 
 
+def export_encoder_weights(encoder: str, path: str | os.PathLike, in_channels: int = 1) -> int:
+    """Write the encoder of ``build_segmenter(..., encoder_weights="imagenet")`` (packaged weights, mapped, input
+    normalisation folded, ``in_channels`` stem) as an encoder-only state-dict file that ``encoder_weights`` accepts
+    as a local file: the same weights on machines without the weight package (scripts/gpu_kit.sh). The file is
+    written atomically; returns its size in bytes."""
+    import io
+
+    from utils.atomic import atomic_write_bytes
+
+    if encoder not in PACKAGED_IMAGENET:
+        raise SegmenterWeightsError(f"no packaged ImageNet weights for encoder {encoder!r}; packaged: "
+                                    f"{sorted(PACKAGED_IMAGENET)}")
+    model = build_segmenter(2, encoder=encoder, encoder_weights="imagenet", in_channels=in_channels)
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {k: v.contiguous() for k, v in model.encoder.state_dict().items()}}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getbuffer().nbytes
+
+
 def segmenter_stride(segmenter: nn.Module) -> int:
     """The multiple that input sides must have (16 for DeepLabV3+ at output stride 16, 1 if unconstrained)."""
     if hasattr(segmenter, "encoder") and hasattr(segmenter.encoder, "output_stride"):

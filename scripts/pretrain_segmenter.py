@@ -22,7 +22,10 @@ visible and their average I^(0) = (ir + vi) / 2, on which the segmenter finds th
 channels-last layout (the same function; EfficientNet-Lite0 trains about 1.7 times faster so at 256²).
 
 ``--save FILE`` writes the segmenter (atomically) in a file that ``train.segmenter_checkpoint`` accepts, with its
-settings and scores; the last line printed is a JSON record of the settings and the IoUs.
+settings and scores; the last line printed is a JSON record of the settings and the IoUs. ``--init FILE`` starts
+from such a file instead of ``--encoder-weights`` (``--steps 0``: only evaluate it). ``--device cuda`` and
+``--workers N`` are for GPU machines (scripts/gpu_kit.sh); ``--max-minutes`` stops the training early, with the
+segmenter evaluated and saved as usual; ``--val-root none`` skips the MSRS_labelled evaluation.
 """
 from __future__ import annotations
 
@@ -42,8 +45,8 @@ if not __package__:  # run by path (python scripts/NAME.py): put the repository 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.datasets import build_dataset
-from engine.checkpoint import save_checkpoint
-from engine.runtime import configure_threads, tune_allocator
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.runtime import DeviceError, configure_threads, resolve_device, tune_allocator
 from losses.class_weights import log_frequency_weights, median_frequency_weights
 from losses.fusion_losses import segmentation_loss
 from metrics.segmentation import class_scores, confusion_matrix
@@ -70,13 +73,16 @@ def source_image(sample: dict, source: str) -> torch.Tensor:
 
 def evaluate(segmenter, dataset, num_classes: int, limit: int | None = None,
              sources: tuple[str, ...] = SOURCES) -> dict[str, dict]:
-    """Per source: mIoU, mIoU over the classes the labels show, and per-class IoU (full-size images)."""
+    """Per source: mIoU, mIoU over the classes the labels show, and per-class IoU (full-size images, on the
+    segmenter's device)."""
     segmenter.eval()
+    device = next(segmenter.parameters()).device
     matrices = {source: np.zeros((num_classes, num_classes)) for source in sources}
     for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
         sample = dataset[i]
         for source, matrix in matrices.items():
-            pred = segment(segmenter, source_image(sample, source)[None]).argmax(dim=1)[0].numpy()
+            image = source_image(sample, source)[None].to(device)
+            pred = segment(segmenter, image).argmax(dim=1)[0].cpu().numpy()
             matrix += confusion_matrix(pred, sample["label"].numpy(), num_classes)
     segmenter.train()
     result = {}
@@ -99,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", default="../shared/data/MFNet")
     p.add_argument("--split", default="train")
     p.add_argument("--val-name", default="mfnet")
-    p.add_argument("--val-root", default="../shared/data/MSRS_labelled")
+    p.add_argument("--val-root", default="../shared/data/MSRS_labelled", help="'none': no evaluation on it")
     p.add_argument("--val-split", default="test")
     p.add_argument("--classes", type=int, default=9)
     p.add_argument("--ignore-index", type=int, default=255, help="label value that carries no class")
@@ -107,9 +113,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", default="mobilenet_v2",
                    help="smp encoder (timm-tf_efficientnet_lite0 has ImageNet weights offline)")
     p.add_argument("--encoder-weights", default=None, help="none, imagenet or a local weight file")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from a segmenter saved with --save (its encoder and classes must match)")
     p.add_argument("--sources", nargs="+", choices=SOURCES, default=["ir", "vi"],
                    help="images of each patch the loss averages over (avg: (ir + vi) / 2)")
-    p.add_argument("--steps", type=int, default=450)
+    p.add_argument("--steps", type=int, default=450, help="training steps (0: only evaluate --init)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--schedule", choices=SCHEDULES, default="constant", help="learning-rate schedule over --steps")
     p.add_argument("--batch", type=int, default=8)
@@ -123,11 +131,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save", type=Path, default=None, help="write the trained segmenter here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes (0: in the main process)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop training after this many minutes (then evaluate and save as usual)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.batch < 1 or args.lr <= 0 or not math.isfinite(args.lr):
-        p.error("--steps and --batch must be at least 1 and --lr a positive number")
+    if args.steps < 0 or args.batch < 1 or args.lr <= 0 or not math.isfinite(args.lr):
+        p.error("--steps must be at least 0, --batch at least 1 and --lr a positive number")
+    if args.steps == 0 and args.init is None:
+        p.error("--steps 0 only evaluates, so it needs --init")
+    if args.workers < 0 or (args.max_minutes is not None and not args.max_minutes > 0):
+        p.error("--workers must be at least 0 and --max-minutes positive")
     return args
+
+
+def load_initial_segmenter(path: Path, classes: int, encoder: str) -> torch.nn.Module:
+    """The segmenter saved in ``path`` by ``--save`` (ValueError naming the file when it does not fit)."""
+    payload = load_checkpoint(path)
+    if "segmenter" not in payload:
+        raise ValueError(f"--init {path} holds no segmenter (write one with --save)")
+    if payload.get("num_classes", classes) != classes:
+        raise ValueError(f"--init {path} has {payload['num_classes']} classes, --classes is {classes}")
+    segmenter = build_segmenter(classes, encoder=encoder)
+    try:
+        segmenter.load_state_dict(payload["segmenter"])
+    except RuntimeError as err:
+        raise ValueError(f"--init {path} does not fit a {encoder} segmenter (--encoder): {str(err)[:300]}") from err
+    return segmenter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:
             print(f"error: cannot create the folder of --save {args.save}: {err}", file=sys.stderr)
             return 2
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     configure_threads(args.threads)
     tune_allocator()
     torch.manual_seed(args.seed)
@@ -147,24 +183,37 @@ def main(argv: list[str] | None = None) -> int:
                           args.split)
     train_full = build_dataset({"name": args.name, "root": args.root, "mode": "full",
                                 "ir_tone_reference": args.ir_tone_reference}, args.split)
-    val = build_dataset({"name": args.val_name, "root": args.val_root, "mode": "full"}, args.val_split)
+    val = None if str(args.val_root).lower() == "none" else build_dataset(
+        {"name": args.val_name, "root": args.val_root, "mode": "full"}, args.val_split)
     counts = train.label_scan.class_pixels.astype(np.float64)  # scanned by the dataset when it was built
     freq = counts / max(counts.sum(), 1.0)
     weights = class_weights(freq, args.weights)
     print("class frequencies:", np.round(freq, 4).tolist())
     print("class weights:", None if weights is None else np.round(weights.numpy(), 2).tolist())
 
-    segmenter = build_segmenter(args.classes, encoder=args.encoder, encoder_weights=args.encoder_weights)
-    segmenter = segmenter.to(memory_format=torch.channels_last).train()
+    if args.init is not None:
+        try:
+            segmenter = load_initial_segmenter(args.init, args.classes, args.encoder)
+        except (ValueError, OSError, CheckpointError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    else:
+        segmenter = build_segmenter(args.classes, encoder=args.encoder, encoder_weights=args.encoder_weights)
+    segmenter = segmenter.to(device=device, memory_format=torch.channels_last).train()
+    weights = None if weights is None else weights.to(device)
     optimizer = torch.optim.Adam(segmenter.parameters(), lr=args.lr)
-    loader = DataLoader(train, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=0,
+    loader = DataLoader(train, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
+                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
                         generator=torch.Generator().manual_seed(args.seed))
     step, start = 0, time.time()
+    deadline = None if args.max_minutes is None else start + 60.0 * args.max_minutes
     bar = tqdm(total=args.steps, desc="segmenter", disable=args.quiet)
-    while step < args.steps:
+    out_of_time = False  # checked after every step, so at least one step is made
+    while step < args.steps and not out_of_time:
         for batch in loader:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(args.lr, step, args.steps, args.schedule)
+            batch = {key: batch[key].to(device, non_blocking=True) for key in ("ir", "vi", "label")}
             labels = batch["label"].long()
             outputs = [segmenter(source_image(batch, s).contiguous(memory_format=torch.channels_last))
                        for s in args.sources]
@@ -179,13 +228,21 @@ def main(argv: list[str] | None = None) -> int:
                 tqdm.write(f"step {step}: cross-entropy {loss.item():.4f} ({time.time() - start:.0f} s)")
             if step >= args.steps:
                 break
+            if deadline is not None and time.time() >= deadline:
+                tqdm.write(f"--max-minutes {args.max_minutes:g} reached after {step} of {args.steps} steps")
+                out_of_time = True
+                break
     bar.close()
     seconds = time.time() - start
-    record = {"weights": args.weights, "encoder": args.encoder, "encoder_weights": args.encoder_weights,
-              "sources": args.sources, "steps": step, "lr": args.lr, "schedule": args.schedule,
-              "patch": args.patch, "mode": args.mode, "batch": args.batch, "seed": args.seed,
-              "ir_tone_reference": args.ir_tone_reference,
-              "train_seconds": round(seconds, 1), "val": evaluate(segmenter, val, args.classes)}
+    record = {"weights": args.weights, "encoder": args.encoder,
+              "encoder_weights": None if args.init is not None else args.encoder_weights,
+              "init": None if args.init is None else str(args.init),
+              "sources": args.sources, "steps": step, "planned_steps": args.steps, "lr": args.lr,
+              "schedule": args.schedule, "patch": args.patch, "mode": args.mode, "batch": args.batch,
+              "seed": args.seed, "ir_tone_reference": args.ir_tone_reference, "device": str(device),
+              "train_seconds": round(seconds, 1)}
+    if val is not None:
+        record["val"] = evaluate(segmenter, val, args.classes)
     if args.eval_train:
         record["train"] = evaluate(segmenter, train_full, args.classes, args.eval_train)
     for part in ("val", "train"):
@@ -193,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{part} {source}: mIoU {scores['miou']:.3f} (present classes {scores['miou_present']:.3f}), "
                   f"per class {scores['iou']}")
     if args.save is not None:
-        state = {k: v.contiguous() for k, v in segmenter.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in segmenter.state_dict().items()}
         save_checkpoint(args.save, {"segmenter": state, "num_classes": args.classes, "pretrain_record": record})
         print(f"saved the segmenter to {args.save}")
     print(json.dumps(record))

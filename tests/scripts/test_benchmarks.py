@@ -89,3 +89,38 @@ def test_pretraining_on_avg_shows_the_segmenter_the_image_it_segments_at_inferen
     torch.testing.assert_close(avg, UAAFusionNet.initial_estimate(sample["ir"], sample["vi"]), rtol=0, atol=0)
     torch.testing.assert_close(avg, (sample["ir"] + sample["vi"]) / 2, rtol=0, atol=0)
     assert source_image(sample, "ir") is sample["ir"] and source_image(sample, "vi") is sample["vi"]
+
+
+def test_pretrain_segmenter_resumes_from_a_saved_segmenter_evaluates_it_and_stops_on_time(synthetic_root, tmp_path,
+                                                                                         capsys):
+    """--init starts from a --save file (--steps 0 evaluates it: the same IoUs as when it was saved),
+    --max-minutes stops early and still evaluates and saves, --val-root none skips MSRS_labelled, and bad
+    --init files, devices and argument combinations are refused with a clear message."""
+    from scripts import pretrain_segmenter
+
+    common = ["--name", "fmb", "--root", str(synthetic_root), "--val-name", "fmb", "--val-root", str(synthetic_root),
+              "--classes", "15", "--batch", "2", "--patch", "32", "--mode", "random_crop", "--eval-train", "0",
+              "--threads", "1", "--quiet"]
+    saved = tmp_path / "a.pt"
+    assert pretrain_segmenter.main(common + ["--steps", "1", "--save", str(saved)]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pretrain_segmenter.main(common + ["--steps", "0", "--init", str(saved)]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["steps"] == 0 and again["init"] == str(saved) and again["val"] == first["val"]
+
+    stopped = tmp_path / "b.pt"
+    assert pretrain_segmenter.main(common + ["--steps", "5", "--init", str(saved), "--max-minutes", "1e-9",
+                                             "--val-root", "none", "--save", str(stopped)]) == 0
+    out = capsys.readouterr().out
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["steps"] == 1 and record["planned_steps"] == 5 and "val" not in record
+    assert "--max-minutes 1e-09 reached after 1 of 5 steps" in out and stopped.is_file()
+
+    assert pretrain_segmenter.main(common + ["--steps", "0", "--init", str(saved), "--classes", "9"]) == 2
+    assert "has 15 classes, --classes is 9" in capsys.readouterr().err
+    assert pretrain_segmenter.main(common + ["--steps", "0", "--init", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert pretrain_segmenter.main(common + ["--steps", "1", "--device", "nonsense"]) == 2
+    assert "unknown device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pretrain_segmenter.parse_args(["--steps", "0"])  # nothing to evaluate

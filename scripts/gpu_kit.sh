@@ -17,16 +17,19 @@
 #
 #   bash scripts/gpu_kit.sh prepare                                   # here, ~1 min
 #   device run: bash scripts/gpu_kit.sh run --steps 4000 --batch 16   # carry [".gpu"], timeout_s 560
-#   python -m scripts.pretrain_segmenter --encoder tu-tf_efficientnet_lite0 --init FILES_AT/segmenter.pt --steps 0
+#   python -m scripts.pretrain_segmenter --encoder tu-tf_efficientnet_lite0 --init FILES_AT/segmenter.pt \
+#       --steps 0 --eval-train 0                                      # here: its IoUs on MSRS_labelled, ~3 min
 #   bash scripts/gpu_kit.sh run --quick --device cpu                  # here: checks that `run` works (tiny, CPU)
 #
-# run's options: --steps N (default 4000), --batch N (16), --lr X (5e-4), --minutes M (stop training after M
-# minutes, default 6; evaluation and saving follow), --workers N (12), --device D (cuda), --seed N (0), --out DIR
-# ($OUT, else runs/gpu_kit), --quick (2 steps at 64² on 4 scenes' evaluation).
+# run's options: --steps N (default 4000), --batch N (16), --lr X (5e-4), --minutes M (stop the training after
+# M minutes, default 6, the cosine schedule then running on time; evaluation and saving follow), --workers N (12),
+# --device D (cuda), --seed N (0), --out DIR ($OUT, else runs/gpu_kit), --quick (2 steps at 64², 2 scenes
+# evaluated).
 set -uo pipefail
+SCRIPT="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,27p' "$0"; }
+usage() { sed -n '2,27p' "$SCRIPT"; }
 [ $# -ge 1 ] || { usage; exit 2; }
 ACTION="$1"; shift
 KIT=.gpu
@@ -95,9 +98,12 @@ run() {
     done
     [ -f "$KIT/lite0_imagenet_encoder.pt" ] || { echo "error: no kit in $KIT (run: bash scripts/gpu_kit.sh prepare)" >&2; exit 2; }
     local py=${PYTHON:-python3}
-    if ! "$py" -c "from models import tv_compat; import segmentation_models_pytorch" 2>/dev/null; then
-        "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_kit_site "$KIT"/whl/*.whl || exit 1
+    local check="from models import tv_compat; import segmentation_models_pytorch"
+    if ! "$py" -c "$check" 2>/dev/null; then  # the wheel is pure Python: pip, or unzipped where pip is missing
+        "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_kit_site "$KIT"/whl/*.whl \
+            || "$py" -m zipfile -e "$KIT"/whl/*.whl /tmp/gpu_kit_site || exit 1
         export PYTHONPATH=/tmp/gpu_kit_site${PYTHONPATH:+:$PYTHONPATH}
+        "$py" -c "$check" || { echo "error: segmentation-models-pytorch does not import (above)" >&2; exit 1; }
     fi
     export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     mkdir -p "$out" || exit 1

@@ -20,6 +20,9 @@ full size on the 30 MSRS_labelled scenes and on the first ``--eval-train`` MFNet
 visible and their average I^(0) = (ir + vi) / 2, on which the segmenter finds the regions at inference.
 ``--weights`` weights the classes (``losses.class_weights``; none of them is in the paper). The segmenter runs in
 channels-last layout (the same function; EfficientNet-Lite0 trains about 1.7 times faster so at 256²).
+Every epoch draws a new random crop and flips of every scene (:class:`EpochStream`). Until session 14 every epoch
+repeated the crops of the first, because the seeded dataset was never told the epoch; ``--repeat-crops`` keeps that
+behaviour to reproduce the segmenters trained then (docs/RESULTS.md).
 
 ``--save FILE`` writes the segmenter (atomically) in a file that ``train.segmenter_checkpoint`` accepts, with its
 settings and scores; the last line printed is a JSON record of the settings and the IoUs. ``--init FILE`` starts
@@ -38,13 +41,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.datasets import build_dataset
+from data.sampling import sample_seed
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.runtime import DeviceError, configure_threads, resolve_device, tune_allocator
 from losses.class_weights import log_frequency_weights, median_frequency_weights
@@ -99,6 +103,44 @@ def learning_rate(base: float, step: int, steps: int, schedule: str) -> float:
     return base if schedule == "constant" else base * 0.5 * (1.0 + math.cos(math.pi * step / steps))
 
 
+class EpochStream(Dataset):
+    """``total`` samples of ``dataset`` read epoch after epoch as one index space: sample k is from epoch k // n
+    (n = len(dataset)), in an order shuffled per epoch, with the dataset's seeded random crop and flips of that
+    epoch. Every epoch draws new crops, and loader processes live through the whole run (no restart per epoch)."""
+
+    def __init__(self, dataset, total: int, seed: int):
+        self.dataset, self.total, self.seed = dataset, int(total), int(seed)
+        self.n = len(dataset)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The shuffled order of the dataset's indices in ``epoch`` (a function of the seed and the epoch)."""
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1)))
+
+    def __getitem__(self, k: int) -> dict:
+        if not 0 <= k < self.total:
+            raise IndexError(f"index {k} out of range for a stream of {self.total} samples")
+        epoch, position = divmod(k, self.n)
+        self.dataset.set_epoch(epoch)  # each loader process holds its own copy of the dataset
+        return self.dataset[int(self.order(epoch)[position])]
+
+
+def training_batches(train, args: argparse.Namespace, pin_memory: bool):
+    """The batches of the run, ``args.steps`` of them at most: an :class:`EpochStream` (new crops every epoch), or
+    with ``--repeat-crops`` the loop of sessions 3-13, whose seeded dataset never left epoch 0 and so gave every
+    scene the same crop and flips in every epoch (kept to reproduce the segmenters trained then)."""
+    common = dict(batch_size=args.batch, drop_last=True, num_workers=args.workers, pin_memory=pin_memory)
+    if not args.repeat_crops:
+        yield from DataLoader(EpochStream(train, args.steps * args.batch, args.seed), shuffle=False, **common)
+        return
+    loader = DataLoader(train, shuffle=True, persistent_workers=args.workers > 0,
+                        generator=torch.Generator().manual_seed(args.seed), **common)
+    while True:
+        yield from loader
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default="mfnet", help="training dataset layout (data/layouts.py)")
@@ -124,6 +166,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=128)
     p.add_argument("--mode", choices=("tiles", "random_crop"), default="tiles",
                    help="every patch-size tile of every image per epoch, or one random crop per image")
+    p.add_argument("--repeat-crops", action="store_true",
+                   help="the same random crop of each scene in every epoch, as every run before session 14 had it "
+                        "(a bug; only to reproduce those segmenters)")
     p.add_argument("--ir-tone-reference", nargs="+", default=None, metavar="PATH",
                    help="histogram-match every training infrared image onto these images or folders (data/tone.py; "
                         "name training-split files, never evaluation scenes)")
@@ -146,8 +191,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_initial_segmenter(path: Path, classes: int, encoder: str) -> torch.nn.Module:
-    """The segmenter saved in ``path`` by ``--save`` (ValueError naming the file when it does not fit)."""
+def load_initial_segmenter(path: Path, classes: int, encoder: str) -> tuple[torch.nn.Module, dict | None]:
+    """The segmenter saved in ``path`` by ``--save`` and its pre-training record (ValueError naming the file when
+    it does not fit)."""
     payload = load_checkpoint(path)
     if "segmenter" not in payload:
         raise ValueError(f"--init {path} holds no segmenter (write one with --save)")
@@ -158,7 +204,7 @@ def load_initial_segmenter(path: Path, classes: int, encoder: str) -> torch.nn.M
         segmenter.load_state_dict(payload["segmenter"])
     except RuntimeError as err:
         raise ValueError(f"--init {path} does not fit a {encoder} segmenter (--encoder): {str(err)[:300]}") from err
-    return segmenter
+    return segmenter, payload.get("pretrain_record")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,15 +231,20 @@ def main(argv: list[str] | None = None) -> int:
                                 "ir_tone_reference": args.ir_tone_reference}, args.split)
     val = None if str(args.val_root).lower() == "none" else build_dataset(
         {"name": args.val_name, "root": args.val_root, "mode": "full"}, args.val_split)
+    if args.steps and len(train) < args.batch:
+        print(f"error: {args.root} gives {len(train)} training samples, fewer than one batch of {args.batch}",
+              file=sys.stderr)
+        return 2
     counts = train.label_scan.class_pixels.astype(np.float64)  # scanned by the dataset when it was built
     freq = counts / max(counts.sum(), 1.0)
     weights = class_weights(freq, args.weights)
     print("class frequencies:", np.round(freq, 4).tolist())
     print("class weights:", None if weights is None else np.round(weights.numpy(), 2).tolist())
 
+    init_record = None
     if args.init is not None:
         try:
-            segmenter = load_initial_segmenter(args.init, args.classes, args.encoder)
+            segmenter, init_record = load_initial_segmenter(args.init, args.classes, args.encoder)
         except (ValueError, OSError, CheckpointError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -202,36 +253,37 @@ def main(argv: list[str] | None = None) -> int:
     segmenter = segmenter.to(device=device, memory_format=torch.channels_last).train()
     weights = None if weights is None else weights.to(device)
     optimizer = torch.optim.Adam(segmenter.parameters(), lr=args.lr)
-    loader = DataLoader(train, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
-                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
-                        generator=torch.Generator().manual_seed(args.seed))
-    step, start = 0, time.time()
-    deadline = None if args.max_minutes is None else start + 60.0 * args.max_minutes
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the crop size never changes
+    step, start, loss = 0, time.time(), None
+    budget = None if args.max_minutes is None else 60.0 * args.max_minutes
+    stopped_on_time = False  # checked after every step, so at least one step is made
     bar = tqdm(total=args.steps, desc="segmenter", disable=args.quiet)
-    out_of_time = False  # checked after every step, so at least one step is made
-    while step < args.steps and not out_of_time:
-        for batch in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(args.lr, step, args.steps, args.schedule)
-            batch = {key: batch[key].to(device, non_blocking=True) for key in ("ir", "vi", "label")}
-            labels = batch["label"].long()
-            outputs = [segmenter(source_image(batch, s).contiguous(memory_format=torch.channels_last))
-                       for s in args.sources]
-            loss = segmentation_loss(outputs, labels, args.ignore_index, [], weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.update(1)
+    for batch in training_batches(train, args, pin_memory=device.type == "cuda") if args.steps else ():
+        # the schedule runs on steps, or on time when --max-minutes would end the run first
+        progress = step if budget is None else max(step, args.steps * (time.time() - start) / budget)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args.lr, min(progress, args.steps), args.steps, args.schedule)
+        batch = {key: batch[key].to(device, non_blocking=True) for key in ("ir", "vi", "label")}
+        labels = batch["label"].long()
+        outputs = [segmenter(source_image(batch, s).contiguous(memory_format=torch.channels_last))
+                   for s in args.sources]
+        loss = segmentation_loss(outputs, labels, args.ignore_index, [], weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        if not args.quiet:  # reading the loss waits for the GPU
             bar.set_postfix(ce=f"{loss.item():.3f}")
-            if step % 50 == 0 or step == args.steps:
-                tqdm.write(f"step {step}: cross-entropy {loss.item():.4f} ({time.time() - start:.0f} s)")
-            if step >= args.steps:
-                break
-            if deadline is not None and time.time() >= deadline:
-                tqdm.write(f"--max-minutes {args.max_minutes:g} reached after {step} of {args.steps} steps")
-                out_of_time = True
-                break
+        if step % 50 == 0 or step == args.steps:
+            tqdm.write(f"step {step}: cross-entropy {loss.item():.4f} ({time.time() - start:.0f} s)")
+        if step >= args.steps:
+            break
+        if budget is not None and time.time() - start >= budget:
+            tqdm.write(f"--max-minutes {args.max_minutes:g} reached after {step} of {args.steps} steps")
+            stopped_on_time = True
+            break
     bar.close()
     seconds = time.time() - start
     record = {"weights": args.weights, "encoder": args.encoder,
@@ -240,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
               "sources": args.sources, "steps": step, "planned_steps": args.steps, "lr": args.lr,
               "schedule": args.schedule, "patch": args.patch, "mode": args.mode, "batch": args.batch,
               "seed": args.seed, "ir_tone_reference": args.ir_tone_reference, "device": str(device),
+              "repeat_crops": args.repeat_crops, "max_minutes": args.max_minutes, "stopped_on_time": stopped_on_time,
               "train_seconds": round(seconds, 1)}
+    if init_record is not None:
+        record["init_record"] = init_record  # how the starting segmenter was trained
     if val is not None:
         record["val"] = evaluate(segmenter, val, args.classes)
     if args.eval_train:

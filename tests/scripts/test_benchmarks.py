@@ -124,3 +124,57 @@ def test_pretrain_segmenter_resumes_from_a_saved_segmenter_evaluates_it_and_stop
     assert "unknown device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         pretrain_segmenter.parse_args(["--steps", "0"])  # nothing to evaluate
+
+
+def _crop_dataset(root):
+    from data.datasets import build_dataset
+
+    return build_dataset({"name": "fmb", "root": str(root), "mode": "random_crop", "flips": True, "patch_size": 32,
+                          "seed": 0}, "train")
+
+
+def test_every_epoch_of_the_pretraining_draws_new_crops(synthetic_root):
+    """Session 14's fix: the stream visits every scene once per epoch, in a new order, with a new crop each epoch
+    (before, the seeded dataset stayed in epoch 0, so each scene gave the same crop every epoch: --repeat-crops)."""
+    from scripts.pretrain_segmenter import EpochStream, training_batches
+
+    dataset = _crop_dataset(synthetic_root)
+    n = len(dataset)
+    stream = EpochStream(dataset, 2 * n, seed=0)
+    orders = [stream.order(0), stream.order(1)]
+    assert all(sorted(o.tolist()) == list(range(n)) for o in orders) and not torch.equal(*orders)
+    first = {stream[k]["name"]: stream[k]["ir"] for k in range(n)}
+    second = {stream[k]["name"]: stream[k]["ir"] for k in range(n, 2 * n)}
+    assert set(first) == set(second) and len(first) == n
+    changed = sum(not torch.equal(first[name], second[name]) for name in first)
+    assert changed >= n - 2, changed  # a crop can repeat by chance, not for every scene
+    with pytest.raises(IndexError):
+        stream[2 * n]
+
+    def epoch_crops(args, epochs):
+        batches = training_batches(dataset, args, pin_memory=False)
+        crops = [sorted(tuple(np.round(b.flatten()[:16].numpy(), 6)) for b in next(batches)["ir"])
+                 for _ in range(epochs * n // args.batch)]
+        per_epoch = n // args.batch
+        return [sorted(sum(crops[e * per_epoch:(e + 1) * per_epoch], [])) for e in range(epochs)]
+
+    from argparse import Namespace
+
+    old = Namespace(batch=4, steps=2 * n // 4, seed=0, workers=0, repeat_crops=True)
+    repeated = epoch_crops(old, 2)
+    assert repeated[0] == repeated[1]  # the old loop: the same crops again
+    new = epoch_crops(Namespace(**{**vars(old), "repeat_crops": False}), 2)
+    assert new[0] != new[1]
+
+
+def test_the_crop_stream_is_the_same_with_loader_processes(synthetic_root):
+    from argparse import Namespace
+
+    from scripts.pretrain_segmenter import training_batches
+
+    dataset = _crop_dataset(synthetic_root)
+    args = Namespace(batch=4, steps=3, seed=0, workers=0, repeat_crops=False)
+    serial = [b["ir"] for b in training_batches(dataset, args, pin_memory=False)]
+    parallel = [b["ir"] for b in training_batches(dataset, Namespace(**{**vars(args), "workers": 2}), pin_memory=False)]
+    assert len(serial) == len(parallel) == 3
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel))

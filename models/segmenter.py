@@ -137,6 +137,7 @@ def export_encoder_weights(encoder: str, path: str | os.PathLike, in_channels: i
         raise SegmenterWeightsError(f"no packaged ImageNet weights for encoder {encoder!r}; packaged: "
                                     f"{sorted(PACKAGED_IMAGENET)}")
     model = build_segmenter(2, encoder=encoder, encoder_weights="imagenet", in_channels=in_channels)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save({"state_dict": {k: v.contiguous() for k, v in model.encoder.state_dict().items()}}, buffer)
     atomic_write_bytes(path, buffer.getvalue())

@@ -156,14 +156,15 @@ def test_wrong_layouts_and_a_missing_package_are_named(packaged_state, monkeypat
 
 
 def test_exported_encoder_file_gives_the_packaged_weights_without_the_package(tmp_path, monkeypatch):
-    """scripts/gpu_kit.sh carries the ImageNet encoder as a local file: loading it gives exactly the weights of
-    ``encoder_weights: imagenet`` (mapping, folded normalisation and ε included), and no classifier rides along."""
+    """scripts/gpu_kit.sh carries the ImageNet encoder as a local file (its folder made, nothing else left in it):
+    loading it gives exactly the weights of ``encoder_weights: imagenet`` (mapping, folded normalisation and ε
+    included), and no classifier rides along."""
     from models.segmenter import export_encoder_weights
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tmp_path / "kit" / "lite0.pt"
     size = export_encoder_weights(LITE0, path)
-    assert path.stat().st_size == size and not list(path.parent.glob("*.tmp*"))
+    assert path.stat().st_size == size and [f.name for f in path.parent.iterdir()] == ["lite0.pt"]
     saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     assert not any(k.startswith(("classifier.", "model.classifier.")) for k in saved)
     packaged = build_segmenter(5, encoder=LITE0, encoder_weights="imagenet").encoder.state_dict()

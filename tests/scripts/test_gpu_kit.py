@@ -43,7 +43,7 @@ def test_gpu_kit_run_quick_trains_and_saves_a_segmenter(tmp_path, monkeypatch):
     record = json.loads((out / "pretrain.log").read_text().strip().splitlines()[-1])
     assert record["steps"] == 2 and record["sources"] == ["ir", "vi", "avg"] and "val" not in record
     assert record["encoder_weights"].endswith("lite0_imagenet_encoder.pt")
-    assert set(record["train"]) == {"ir", "vi", "avg"}
+    assert len(record["train"]["avg"]["iou"]) == 9 and record["device"] == "cpu"
     from scripts import pretrain_segmenter
 
     assert pretrain_segmenter.main(["--root", str(kit / "MFNet"), "--val-root", str(kit / "MFNet"),

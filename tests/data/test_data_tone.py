@@ -174,7 +174,12 @@ def test_the_default_models_config_is_the_frozen_toned_one_with_another_segmente
     assert toned["train"]["segmenter_batchnorm"] == "train" and frozen["train"]["segmenter_batchnorm"] == "frozen"
     frozen["train"]["segmenter_batchnorm"] = "train"
     assert frozen == toned
-    # the shipped model was trained with exactly configs/mfnet_tone_frozen_avg.yaml and its header's start
+    # the shipped model (since session 14) was trained with exactly configs/mfnet_fresh.yaml and its header's start:
+    # configs/mfnet_tone_frozen_avg.yaml with the segmenter pre-trained after the crop fix
+    fresh = load_config(REPO / "configs" / "mfnet_fresh.yaml")
+    assert fresh["train"]["segmenter_checkpoint"] == "runs/segmenter_fresh/segmenter.pt"
+    fresh["train"]["segmenter_checkpoint"] = "runs/segmenter_tone_avg/segmenter.pt"
+    assert fresh == load_config(REPO / "configs" / "mfnet_tone_frozen_avg.yaml")
     shipped = torch.load(REPO / "checkpoints" / "uaafusion_mfnet.pt", map_location="cpu", weights_only=True)
-    assert shipped["config"] == load_config(REPO / "configs" / "mfnet_tone_frozen_avg.yaml",
+    assert shipped["config"] == load_config(REPO / "configs" / "mfnet_fresh.yaml",
                                             ["train.init_checkpoint=checkpoints/uaafusion_mfnet_imagenet.pt"])

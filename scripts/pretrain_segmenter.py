@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.Adam(segmenter.parameters(), lr=args.lr)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the crop size never changes
-    step, start, loss = 0, time.time(), None
+    step, start = 0, time.time()
     budget = None if args.max_minutes is None else 60.0 * args.max_minutes
     stopped_on_time = False  # checked after every step, so at least one step is made
     bar = tqdm(total=args.steps, desc="segmenter", disable=args.quiet)

@@ -180,6 +180,11 @@ def test_the_default_models_config_is_the_frozen_toned_one_with_another_segmente
     assert fresh["train"]["segmenter_checkpoint"] == "runs/segmenter_fresh/segmenter.pt"
     fresh["train"]["segmenter_checkpoint"] = "runs/segmenter_tone_avg/segmenter.pt"
     assert fresh == load_config(REPO / "configs" / "mfnet_tone_frozen_avg.yaml")
+    # session 15's longer pre-training (not shipped) changes only the segmenter file
+    long = load_config(REPO / "configs" / "mfnet_long.yaml")
+    assert long["train"]["segmenter_checkpoint"] == "runs/segmenter_long/segmenter.pt"
+    long["train"]["segmenter_checkpoint"] = "runs/segmenter_fresh/segmenter.pt"
+    assert long == load_config(REPO / "configs" / "mfnet_fresh.yaml")
     shipped = torch.load(REPO / "checkpoints" / "uaafusion_mfnet.pt", map_location="cpu", weights_only=True)
     assert shipped["config"] == load_config(REPO / "configs" / "mfnet_fresh.yaml",
                                             ["train.init_checkpoint=checkpoints/uaafusion_mfnet_imagenet.pt"])

@@ -32,3 +32,17 @@ def test_the_imagenet_models_segmenters_find_people_and_cars_in_a_night_scene(na
     regions, _ = model.predict_regions(model.fusion.initial_estimate(ir, vi))
     share = {c: float((regions == c).float().mean()) for c in (1, 2)}  # car, person
     assert share[1] > 1e-3 and share[2] > 1e-3, share  # the MobileNetV2 model finds neither (RESULTS)
+
+
+def test_the_default_models_segmenter_carries_the_logit_adjustment_its_record_names():
+    """checkpoints/uaafusion_mfnet.pt is the session-14 model calibrated by scripts.calibrate_segmenter: its record
+    holds offsets −τ · ln w_c for the τ that scored best on the training scenes (docs/DECISIONS.md D17)."""
+    import numpy as np
+
+    from scripts.calibrate_segmenter import best_tau
+
+    record = torch.load(REPO / "checkpoints" / "uaafusion_mfnet.pt", map_location="cpu",
+                        weights_only=True)["calibration"]
+    assert record["class_weights"] == "log" and record["tau"] == 0.625 == best_tau(record["curve"])
+    np.testing.assert_allclose(record["offsets"], -record["tau"] * np.log(record["weights"]), atol=1e-5)
+    assert record["eval_curve"]["by_tau"][0.625]["miou_present"] == pytest.approx(0.4207, abs=1e-4)

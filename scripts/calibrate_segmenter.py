@@ -160,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model} was trained with plain cross-entropy (loss.seg_class_weights is null): "
               "there is no class weighting to undo", file=sys.stderr)
         return 2
+    activation = config.get("attribution", {}).get("score_activation", "none")
+    if activation != "none":
+        print(f"error: {args.model} scores attribution on the {activation} of the segmenter's output "
+              "(attribution.score_activation): a shift of the logits would change the integrated gradients too, "
+              "not only the regions", file=sys.stderr)
+        return 2
     try:
         train = training_set(config)
         scan = train.label_scan or train._scan_labels()

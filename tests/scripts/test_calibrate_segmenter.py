@@ -56,11 +56,12 @@ def test_scores_of_a_weighted_loss_optimum_are_recovered_at_tau_one():
     assert cal.best_tau({0.0: 0.5, 0.25: 0.7, 0.5: 0.7}) == 0.25  # the smallest of equal ones
 
 
-def _model_file(path, root, num_classes=15, seg_class_weights="log"):
+def _model_file(path, root, num_classes=15, seg_class_weights="log", score_activation="none"):
     torch.manual_seed(0)
     state = build_segmenter(num_classes).state_dict()
     config = {"segmenter": {"encoder": "mobilenet_v2"}, "data": {"name": "fmb", "root": str(root)},
-              "loss": {"seg_class_weights": seg_class_weights}}
+              "loss": {"seg_class_weights": seg_class_weights},
+              "attribution": {"score_activation": score_activation}}
     save_checkpoint(path, {"model": {f"segmenter.{k}": v for k, v in state.items()}, "config": config,
                            "num_classes": num_classes, "seed": 3})
     return state
@@ -113,6 +114,9 @@ def test_the_cli_refuses_what_it_cannot_calibrate(synthetic_root, tmp_path, caps
     out = tmp_path / "out.pt"
     assert cal.main(["--model", str(tmp_path / "plain.pt"), "--save", str(out)]) == 2
     assert "plain cross-entropy" in capsys.readouterr().err and not out.exists()
+    _model_file(tmp_path / "softmax.pt", synthetic_root, score_activation="softmax")
+    assert cal.main(["--model", str(tmp_path / "softmax.pt"), "--save", str(out)]) == 2
+    assert "score_activation" in capsys.readouterr().err and not out.exists()
     _model_file(tmp_path / "lost.pt", tmp_path / "absent")
     assert cal.main(["--model", str(tmp_path / "lost.pt"), "--save", str(out)]) == 2
     assert "training set" in capsys.readouterr().err and not out.exists()

@@ -129,6 +129,48 @@ def attribution_statistics(maps: Path, names: list[str], threshold: float = 0.05
     return {"threshold": threshold, "means": means, "w_ir_range": [low, high], "per_scene": per_scene}
 
 
+def class_attribution_statistics(maps: Path, names: list[str], class_names: list[str],
+                                 threshold: float = 0.05) -> dict[str, dict]:
+    """Per class, how the attribution weighted its regions: the scenes whose region map shows it, and of those the
+    ones whose region's w_ir (its median) is above 0.5 + ``threshold`` (favours infrared), below 0.5 − ``threshold``
+    (favours visible) or neither; the mean of those medians and the share of the class's pixels with
+    |w_ir − 0.5| > ``threshold``. Classes no scene shows are left out."""
+    found: dict[int, list[float]] = {}
+    pixels: dict[int, list[int]] = {}
+    for name in names:
+        w_ir = np.load(maps / f"{name}_w_ir.npy").astype(np.float64)
+        regions = read_label(maps / f"{name}_regions.png")
+        for c in np.unique(regions):
+            if not 0 <= c < len(class_names):
+                continue
+            inside = w_ir[regions == c]
+            found.setdefault(int(c), []).append(float(np.median(inside)))
+            off = pixels.setdefault(int(c), [0, 0])
+            off[0] += int((np.abs(inside - 0.5) > threshold).sum())
+            off[1] += int(inside.size)
+    out = {}
+    for c in sorted(found):
+        medians = np.array(found[c])
+        out[class_names[c]] = {"scenes": int(medians.size), "ir": int((medians > 0.5 + threshold).sum()),
+                               "vi": int((medians < 0.5 - threshold).sum()),
+                               "neither": int((np.abs(medians - 0.5) <= threshold).sum()),
+                               "mean_w_ir": float(medians.mean()), "pixel_share_off": pixels[c][0] / pixels[c][1]}
+    return out
+
+
+def class_attribution_table(per_class: dict[str, dict], threshold: float = 0.05) -> str:
+    """:func:`class_attribution_statistics` as a markdown table with a caption."""
+    lines = [f"Attribution weights per class: scenes whose region of the class has its median w_ir above "
+             f"{0.5 + threshold:g}, below {0.5 - threshold:g} or within {threshold:g} of 0.5; the mean of those "
+             f"medians; the share of the class's pixels with |w_ir - 0.5| > {threshold:g}", "",
+             "| class | scenes | favours ir | favours vi | about 0.5 | mean w_ir | pixels off 0.5 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, c in per_class.items():
+        lines.append(f"| {name} | {c['scenes']} | {c['ir']} | {c['vi']} | {c['neither']} | {c['mean_w_ir']:.2f} | "
+                     f"{100 * c['pixel_share_off']:.0f} % |")
+    return "\n".join(lines) + "\n"
+
+
 def comparison_figure(path: Path, names: list[str], data: Path, methods: dict[str, Path], fused: Path) -> None:
     """Rows: scenes; columns: infrared, visible, each method, ours, the regions the segmenter found on I^(0) (when
     the maps hold them), w_ir, the last stage's attention."""
@@ -229,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
                       f"{100 * stats['share_off']:.1f} % of pixels with |w_ir - 0.5| > {attribution['threshold']}, "
                       f"mean |w_ir - 0.5| {stats['mean_abs_off']:.3f}, w_ir in "
                       f"[{attribution['w_ir_range'][0]:.3f}, {attribution['w_ir_range'][1]:.3f}]\n")
+    attribution["per_class"] = class_attribution_statistics(fused / "maps", sorted(labels), class_names)
+    attribution_md += "\n" + class_attribution_table(attribution["per_class"])
 
     names = args.names or sorted(labels)[:: max(len(labels) // max(args.count, 1), 1)][:args.count]
     if args.figure:

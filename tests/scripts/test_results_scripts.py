@@ -61,7 +61,35 @@ def test_real_results_writes_tables_json_and_figure(labelled, checkpoint, tmp_pa
     assert stats["w_ir_range"] == pytest.approx([min(w.min() for w in w_ir), max(w.max() for w in w_ir)])
     text = (out / "results.md").read_text()
     assert "SeAFusion" in text and "mIoU" in text and "person" in text and "regions per scene" in text
+    per_class = stats["per_class"]
+    regions = [real_results.read_label(maps / f"{n}_regions.png") for n in ("00001D", "00002N", "00003D")]
+    for c, name in enumerate(document["class_names"]):
+        shown = sum(bool((r == c).any()) for r in regions)
+        assert per_class.get(name, {"scenes": 0})["scenes"] == shown
+        if shown:
+            row = per_class[name]
+            assert row["ir"] + row["vi"] + row["neither"] == shown and f"| {name} | {shown} |" in text
     assert len(document["figure_scenes"]) == 2
+
+
+def test_class_attribution_statistics_count_each_regions_median_weight(tmp_path):
+    regions = np.zeros((4, 6), dtype=np.uint8)
+    regions[:, 3:] = 2  # class 2 on the right half
+    regions[0, 0] = 255  # no class
+    w_ir = np.full((4, 6), 0.5)
+    w_ir[:, 3:] = 0.9
+    w_ir[0, 3] = 0.52  # one pixel of class 2 near 0.5: the median stays 0.9
+    for name, scale in (("a", 1.0), ("b", -1.0)):  # scene b: class 2 favours visible (0.5 - 0.4)
+        write_image(tmp_path / f"{name}_regions.png", regions)
+        np.save(tmp_path / f"{name}_w_ir.npy", 0.5 + scale * (w_ir - 0.5))
+    stats = real_results.class_attribution_statistics(tmp_path, ["a", "b"], ["bg", "one", "two"])
+    assert list(stats) == ["bg", "two"]
+    assert stats["bg"] == {"scenes": 2, "ir": 0, "vi": 0, "neither": 2, "mean_w_ir": 0.5, "pixel_share_off": 0.0}
+    assert stats["two"]["scenes"] == 2 and stats["two"]["ir"] == 1 and stats["two"]["vi"] == 1
+    assert stats["two"]["mean_w_ir"] == pytest.approx(0.5)
+    assert stats["two"]["pixel_share_off"] == pytest.approx(22 / 24)
+    table = real_results.class_attribution_table(stats)
+    assert "| two | 2 | 1 | 1 | 0 | 0.50 | 92 % |" in table
 
 
 def test_iou_summary_counts_only_present_classes_in_miou_present():

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the project importable
@@ -43,6 +44,7 @@ from metrics.segmentation import class_scores, confusion_matrix
 from models.segmenter import build_segmenter, segment
 from scripts.batchnorm_swap import training_set
 from scripts.pretrain_segmenter import source_image
+from scripts.real_results import iou_summary
 
 DEFAULT_GRID = tuple(round(0.125 * i, 3) for i in range(13))  # 0, 0.125, ..., 1.5
 
@@ -77,10 +79,10 @@ def adjusted_state(state: dict, bias_key: str, offsets: torch.Tensor) -> dict:
     return {**state, bias_key: (bias.double() + offsets).to(bias.dtype)}
 
 
-def confusions_by_tau(scored: list[tuple[np.ndarray, np.ndarray]], log_weights: np.ndarray, taus: list[float],
+def confusions_by_tau(scored: Iterable[tuple[np.ndarray, np.ndarray]], log_weights: np.ndarray, taus: list[float],
                       num_classes: int, ignore_index: int = 255) -> dict[float, np.ndarray]:
     """The confusion matrix of argmax_c(f_c − τ · ln w_c) against the labels, summed over ``scored`` (pairs of
-    (C, H, W) scores and (H, W) labels), for each τ."""
+    (C, H, W) scores and (H, W) labels, read once: a generator keeps one scene in memory), for each τ."""
     out = {tau: np.zeros((num_classes, num_classes), dtype=np.int64) for tau in taus}
     for scores, label in scored:
         for tau in taus:
@@ -94,22 +96,20 @@ def score_grid(segmenter: torch.nn.Module, dataset, count: int, log_weights: np.
     """Confusion matrices, per τ, of the segmenter's adjusted argmax on the averaged image of ``dataset``'s first
     ``count`` scenes (full size, on the segmenter's device)."""
     device = next(segmenter.parameters()).device
-    confusions = {tau: np.zeros((num_classes, num_classes), dtype=np.int64) for tau in taus}
-    with torch.no_grad():
+
+    def scored():
         for i in tqdm(range(count), desc=desc, disable=quiet):
             sample = dataset[i]
-            scores = segment(segmenter, source_image(sample, "avg")[None].to(device))[0].double().cpu().numpy()
-            for tau, matrix in confusions_by_tau([(scores, sample["label"].numpy())], log_weights, taus,
-                                                 num_classes, ignore_index).items():
-                confusions[tau] += matrix
-    return confusions
+            scores = segment(segmenter, source_image(sample, "avg")[None].to(device))[0]
+            yield scores.double().cpu().numpy(), sample["label"].numpy()
+
+    with torch.no_grad():
+        return confusions_by_tau(scored(), log_weights, taus, num_classes, ignore_index)
 
 
 def miou_present(confusion: np.ndarray) -> float:
     """Mean IoU over the classes the labels show (rows: labels)."""
-    _, iou = class_scores(confusion)
-    present = confusion.sum(axis=1) > 0
-    return float(np.nanmean(iou[present])) if present.any() else float("nan")
+    return iou_summary(confusion)["miou_present"]
 
 
 def best_tau(curve: dict[float, float]) -> float:

@@ -8,6 +8,7 @@ partner, a size mismatch or an unreadable file is reported by name and skipped. 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -69,7 +70,9 @@ class FuseSettings:
             float64 with ``precision: float64``).
         save_maps: also write ``out/maps/NAME_w_ir/_w_vi/_att{k}.npy`` and PNG heat-maps, and the regions of the
             attribution (the segmenter's classes on I^(0), or the given labels) as ``NAME_regions.png`` (uint8
-            class index, the input's size) and ``NAME_regions_color.png`` (the class palette of ``data.layouts``).
+            class index, the input's size) and ``NAME_regions_color.png`` (the class palette of ``data.layouts``),
+            and ``NAME_attribution.json`` (per region: pixels, a_ir, a_vi before the ReLU, w_ir; not when tiled,
+            nor with uniform weights).
         extension: output image extension, one of :data:`OUTPUT_EXTENSIONS` (lossless formats that the project's
             readers, ``eval_metrics.py`` included, read back unchanged).
         batch_size: consecutive pairs of the same size fused together (attribution runs per image, so results
@@ -154,7 +157,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _map_files(out_dir: Path, name: str, result: UAAFusionOutput, index: int, dtype: np.dtype) -> dict[Path, bytes]:
+def _map_files(out_dir: Path, name: str, result: UAAFusionOutput, index: int, dtype: np.dtype,
+               attributed: bool = True) -> dict[Path, bytes]:
     maps = {"w_ir": result.w_ir, "w_vi": result.w_vi}
     # att1 is A^(1) = 0 by construction (the path has no segment before stage 1); kept so that k matches the stage
     maps.update({f"att{k + 1}": a for k, a in enumerate(result.attention)})
@@ -174,12 +178,36 @@ def _map_files(out_dir: Path, name: str, result: UAAFusionOutput, index: int, dt
         regions = regions.astype(np.uint8)
         files[out_dir / "maps" / f"{name}_regions.png"] = encode_image(regions, ".png")
         files[out_dir / "maps" / f"{name}_regions_color.png"] = encode_image(colorize_labels(regions), ".png")
+        if attributed and result.a_ir is not None and result.a_vi is not None:
+            files[out_dir / "maps" / f"{name}_attribution.json"] = attribution_record(result, index)
     return files
 
 
+def attribution_record(result: UAAFusionOutput, index: int) -> bytes:
+    """Why each region of pair ``index`` got its weight, as JSON bytes: per class present in its region map, the
+    pixel count, Eq. 8's region attributions a_ir, a_vi before the ReLU, and the region's w_ir.
+
+    A region whose a_ir and a_vi are both ≤ 0 takes w_ir = 0.5 exactly (ε / 2ε): neither source raises the class
+    score above the zero baseline's. Not written with ``attribution.weights: uniform`` (nothing is attributed).
+    """
+    regions = result.regions[index]
+    a_ir = result.a_ir[index] if result.a_ir.dim() == 2 else result.a_ir  # (C,) per image or pooled (release row 5)
+    a_vi = result.a_vi[index] if result.a_vi.dim() == 2 else result.a_vi
+    w_ir = result.w_ir[index, 0]
+    classes, counts = torch.unique(regions, return_counts=True)
+    entries = []
+    for c, n in zip(classes.tolist(), counts.tolist()):
+        if not 0 <= c < a_ir.numel():  # the ignore value of given labels: no region, w = 0.5
+            continue
+        entries.append({"class": c, "pixels": n, "a_ir": float(a_ir[c]), "a_vi": float(a_vi[c]),
+                        "w_ir": float(w_ir[regions == c].double().mean())})
+    return (json.dumps({"pooled_over_batch": result.a_ir.dim() == 1, "regions": entries}, indent=1) + "\n").encode()
+
+
 def pair_outputs(out_dir: Path, name: str, sample: dict, result: UAAFusionOutput, index: int,
-                 settings: FuseSettings) -> dict[Path, bytes]:
-    """Every file of pair ``index`` of a fused batch, encoded in memory: path → bytes."""
+                 settings: FuseSettings, attributed: bool = True) -> dict[Path, bytes]:
+    """Every file of pair ``index`` of a fused batch, encoded in memory: path → bytes. ``attributed``: the weights
+    came from attribution (not ``attribution.weights: uniform``), so there are region attributions to record."""
     raw = result.fused[index, 0].cpu().numpy()
     if not np.all(np.isfinite(raw)):
         raise ValueError("the network produced NaN/Inf values")
@@ -193,7 +221,7 @@ def pair_outputs(out_dir: Path, name: str, sample: dict, result: UAAFusionOutput
     files[out_dir / f"{name}{settings.extension}"] = encode_image(float_to_uint8(recombine_color(luma, crcb)),
                                                                   settings.extension)
     if settings.save_maps:
-        files.update(_map_files(out_dir, name, result, index, dtype))
+        files.update(_map_files(out_dir, name, result, index, dtype, attributed))
     return files
 
 
@@ -322,7 +350,8 @@ def fuse_folder(
             return
         for index, (pair, sample) in enumerate(pending):
             try:
-                files = pair_outputs(out_dir, pair.name, sample, result, index, settings)
+                files = pair_outputs(out_dir, pair.name, sample, result, index, settings,
+                                     attributed=model.attribution.weights != "uniform")
                 _check_not_inputs(files, [Path(pair.ir), Path(pair.vi)])
                 atomic_write_group(files)
                 report.written.append(pair.name)

@@ -134,10 +134,15 @@ def class_attribution_statistics(maps: Path, names: list[str], class_names: list
     """Per class, how the attribution weighted its regions: the scenes whose region map shows it, and of those the
     ones whose region's w_ir (its median) is above 0.5 + ``threshold`` (favours infrared), below 0.5 − ``threshold``
     (favours visible) or neither; the mean of those medians and the share of the class's pixels with
-    |w_ir − 0.5| > ``threshold``. Classes no scene shows are left out."""
+    |w_ir − 0.5| > ``threshold``. Where every scene has ``NAME_attribution.json`` (``test.py --save-maps``),
+    ``no_source`` counts the scenes whose region had a_ir ≤ 0 and a_vi ≤ 0 (w_ir = 0.5 by Eq. 8's ReLU), else it
+    is None. Classes no scene shows are left out."""
     found: dict[int, list[float]] = {}
     pixels: dict[int, list[int]] = {}
-    for name in names:
+    records = [maps / f"{name}_attribution.json" for name in names]
+    with_records = all(path.is_file() for path in records)
+    no_source: dict[int, int] = {}
+    for name, record in zip(names, records):
         w_ir = np.load(maps / f"{name}_w_ir.npy").astype(np.float64)
         regions = read_label(maps / f"{name}_regions.png")
         for c in np.unique(regions):
@@ -148,12 +153,17 @@ def class_attribution_statistics(maps: Path, names: list[str], class_names: list
             off = pixels.setdefault(int(c), [0, 0])
             off[0] += int((np.abs(inside - 0.5) > threshold).sum())
             off[1] += int(inside.size)
+        if with_records:
+            for region in json.loads(record.read_text())["regions"]:
+                if region["a_ir"] <= 0 and region["a_vi"] <= 0:
+                    no_source[region["class"]] = no_source.get(region["class"], 0) + 1
     out = {}
     for c in sorted(found):
         medians = np.array(found[c])
         out[class_names[c]] = {"scenes": int(medians.size), "ir": int((medians > 0.5 + threshold).sum()),
                                "vi": int((medians < 0.5 - threshold).sum()),
                                "neither": int((np.abs(medians - 0.5) <= threshold).sum()),
+                               "no_source": no_source.get(c, 0) if with_records else None,
                                "mean_w_ir": float(medians.mean()), "pixel_share_off": pixels[c][0] / pixels[c][1]}
     return out
 
@@ -161,13 +171,16 @@ def class_attribution_statistics(maps: Path, names: list[str], class_names: list
 def class_attribution_table(per_class: dict[str, dict], threshold: float = 0.05) -> str:
     """:func:`class_attribution_statistics` as a markdown table with a caption."""
     lines = [f"Attribution weights per class: scenes whose region of the class has its median w_ir above "
-             f"{0.5 + threshold:g}, below {0.5 - threshold:g} or within {threshold:g} of 0.5; the mean of those "
-             f"medians; the share of the class's pixels with |w_ir - 0.5| > {threshold:g}", "",
-             "| class | scenes | favours ir | favours vi | about 0.5 | mean w_ir | pixels off 0.5 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"{0.5 + threshold:g}, below {0.5 - threshold:g} or within {threshold:g} of 0.5, and of all its scenes "
+             "those where neither source raised the class score above the black image's (a_ir, a_vi <= 0, so "
+             f"w_ir = 0.5 by Eq. 8); the mean of the medians; the share of the class's pixels with "
+             f"|w_ir - 0.5| > {threshold:g}", "",
+             "| class | scenes | favours ir | favours vi | about 0.5 | a_ir, a_vi <= 0 | mean w_ir | pixels off 0.5 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, c in per_class.items():
-        lines.append(f"| {name} | {c['scenes']} | {c['ir']} | {c['vi']} | {c['neither']} | {c['mean_w_ir']:.2f} | "
-                     f"{100 * c['pixel_share_off']:.0f} % |")
+        no_source = "–" if c.get("no_source") is None else str(c["no_source"])
+        lines.append(f"| {name} | {c['scenes']} | {c['ir']} | {c['vi']} | {c['neither']} | {no_source} | "
+                     f"{c['mean_w_ir']:.2f} | {100 * c['pixel_share_off']:.0f} % |")
     return "\n".join(lines) + "\n"
 
 

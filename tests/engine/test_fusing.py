@@ -3,6 +3,7 @@ exact (float64) mode, regions from labels, overrides of the checkpoint's config,
 automatic tiles."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -15,10 +16,10 @@ import torch
 from data.io import load_fusion_pair
 from data.layouts import colorize_labels
 from engine.checkpoint import load_model_from_checkpoint
-from engine.fuse_folder import FuseSettings, fuse_folder
+from engine.fuse_folder import FuseSettings, attribution_record, fuse_folder
 from engine.inference import estimated_peak_bytes, fuse, tile_for_budget
 from models.segmenter import segment
-from models.uaafusion import build_model
+from models.uaafusion import UAAFusionOutput, build_model
 from tests.helpers.factories import gray, pair_folders, write_image, write_tiny_checkpoint
 from tests.helpers.scripts import test_cli
 
@@ -196,6 +197,42 @@ def test_labels_give_the_regions_and_bad_labels_are_named(checkpoint, pairs, tmp
     assert regions.dtype == np.uint8 and regions.shape == label.shape and np.array_equal(regions, label)
     colour = cv2.cvtColor(cv2.imread(str(out / "maps" / "a_regions_color.png")), cv2.COLOR_BGR2RGB)
     assert np.array_equal(colour, colorize_labels(label))
+    # and why each region got its weight: Eq. 8 from the recorded attributions gives the region's w_ir
+    record = json.loads((out / "maps" / "a_attribution.json").read_text())
+    assert not record["pooled_over_batch"]
+    assert [r["class"] for r in record["regions"]] == np.unique(label).tolist()
+    for r in record["regions"]:
+        assert r["pixels"] == int((label == r["class"]).sum())
+        relu_ir, relu_vi = max(r["a_ir"], 0.0), max(r["a_vi"], 0.0)
+        assert r["w_ir"] == pytest.approx((relu_ir + 1e-8) / (relu_ir + relu_vi + 2e-8), abs=1e-5)
+        assert r["w_ir"] == pytest.approx(float(w_ir[label == r["class"]].mean()), abs=1e-6)
+
+
+def test_attribution_records_are_written_only_where_weights_were_attributed(checkpoint, pairs, tmp_path):
+    out = tmp_path / "ig"
+    assert _run(checkpoint, *pairs, out, "--save-maps") == 0
+    assert sorted(p.name for p in (out / "maps").glob("*_attribution.json")) == [f"{n}_attribution.json" for n in "abc"]
+    uniform = tmp_path / "uniform"  # the ablation attributes nothing: no record that would read as a_ir = a_vi = 0
+    assert _run(checkpoint, *pairs, uniform, "--save-maps", "--set", "attribution.weights=uniform") == 0
+    assert np.all(np.load(uniform / "maps" / "a_w_ir.npy") == 0.5) and (uniform / "maps" / "a_regions.png").exists()
+    assert not list((uniform / "maps").glob("*_attribution.json"))
+
+
+def test_attribution_record_of_pooled_attributions_skips_the_ignore_value():
+    """Release row 5 pools a_ir, a_vi over the batch ((C,) for every image); label pixels of the ignore value have no
+    region and are left out of the record."""
+    regions = torch.tensor([[[0, 0, 2], [2, 255, 2]], [[1, 1, 1], [1, 1, 1]]])
+    a_ir, a_vi = torch.tensor([-1.0, 2.0, 3.0]), torch.tensor([-2.0, 0.0, 1.0])
+    w_ir = torch.tensor([[0.5, 0.5, 0.75], [0.75, 0.5, 0.75]]).expand(2, 1, 2, 3)
+    image = torch.zeros(2, 1, 2, 3)
+    result = UAAFusionOutput(fused=image, initial=image, stages=[], attention=[], w_ir=w_ir, w_vi=1 - w_ir,
+                             regions=regions, a_ir=a_ir, a_vi=a_vi)
+    first = json.loads(attribution_record(result, 0))
+    assert first == {"pooled_over_batch": True, "regions": [
+        {"class": 0, "pixels": 2, "a_ir": -1.0, "a_vi": -2.0, "w_ir": 0.5},
+        {"class": 2, "pixels": 3, "a_ir": 3.0, "a_vi": 1.0, "w_ir": 0.75}]}
+    second = json.loads(attribution_record(result, 1))["regions"]
+    assert second == [{"class": 1, "pixels": 6, "a_ir": 2.0, "a_vi": 0.0, "w_ir": 0.625}]
 
 
 def test_labels_with_class_ids_the_model_does_not_have_are_named(checkpoint, tmp_path, capsys):

@@ -84,12 +84,22 @@ def test_class_attribution_statistics_count_each_regions_median_weight(tmp_path)
         np.save(tmp_path / f"{name}_w_ir.npy", 0.5 + scale * (w_ir - 0.5))
     stats = real_results.class_attribution_statistics(tmp_path, ["a", "b"], ["bg", "one", "two"])
     assert list(stats) == ["bg", "two"]
-    assert stats["bg"] == {"scenes": 2, "ir": 0, "vi": 0, "neither": 2, "mean_w_ir": 0.5, "pixel_share_off": 0.0}
+    assert stats["bg"] == {"scenes": 2, "ir": 0, "vi": 0, "neither": 2, "no_source": None, "mean_w_ir": 0.5,
+                           "pixel_share_off": 0.0}
     assert stats["two"]["scenes"] == 2 and stats["two"]["ir"] == 1 and stats["two"]["vi"] == 1
     assert stats["two"]["mean_w_ir"] == pytest.approx(0.5)
     assert stats["two"]["pixel_share_off"] == pytest.approx(22 / 24)
     table = real_results.class_attribution_table(stats)
-    assert "| two | 2 | 1 | 1 | 0 | 0.50 | 92 % |" in table
+    assert "| two | 2 | 1 | 1 | 0 | – | 0.50 | 92 % |" in table
+    # with test.py's attribution records: the scenes where neither source raised the class score (both a <= 0)
+    records = {"a": [(0, -1.0, -2.0), (2, 3.0, 0.0)], "b": [(0, 0.0, -0.5), (2, -1.0, 4.0)]}
+    for name, regions in records.items():
+        entries = [{"class": c, "pixels": 1, "a_ir": a_ir, "a_vi": a_vi, "w_ir": 0.5} for c, a_ir, a_vi in regions]
+        (tmp_path / f"{name}_attribution.json").write_text(json.dumps({"pooled_over_batch": False,
+                                                                        "regions": entries}))
+    stats = real_results.class_attribution_statistics(tmp_path, ["a", "b"], ["bg", "one", "two"])
+    assert stats["bg"]["no_source"] == 2 and stats["two"]["no_source"] == 0
+    assert "| bg | 2 | 0 | 0 | 2 | 2 | 0.50 | 0 % |" in real_results.class_attribution_table(stats)
 
 
 def test_iou_summary_counts_only_present_classes_in_miou_present():

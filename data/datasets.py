@@ -10,8 +10,10 @@ Every dataset returns a dict per sample::
 Modes:
 
 - ``"random_crop"`` (the paper's training): a random ``patch_size`` crop (default 128) with random horizontal and
-  vertical flips, identical for ir, vi and label. Images smaller than the patch are reflect-padded (the label is
-  padded with ``ignore_index``). Randomness comes from torch: with ``seed`` set, sample ``i`` of epoch ``e``
+  vertical flips, identical for ir, vi and label (``vertical_flips=False``: horizontal only; ``scale_range=(lo,
+  hi)``: the scene is first resized by a random factor in that range, an extension for segmenter pre-training).
+  Images smaller than the patch are reflect-padded (the label is padded with ``ignore_index``). Randomness comes
+  from torch: with ``seed`` set, sample ``i`` of epoch ``e``
   (see :meth:`PairedFolderDataset.set_epoch`) uses its own generator seeded from ``(seed, e, i)``, so the samples
   do not depend on worker count or order; without a seed the global torch RNG is used, which the DataLoader seeds
   per worker.
@@ -58,6 +60,7 @@ from data.sampling import (
     patch_spread,
     random_crop_flip,
     random_flips,
+    random_rescale,
     release_patch_origins,
     sample_seed,
 )
@@ -68,8 +71,8 @@ __all__ = [
     "CLASSES_FILE", "DEFAULT_IGNORE_INDEX", "FMB_CLASSES", "IMAGE_EXTENSIONS", "MFNET_CLASSES", "MSRS_CLASSES",
     "ContrastReference", "PairPaths", "Problem", "ReleasePatch", "cut_release_patches", "list_images",
     "load_class_names", "pad_to_min_size", "pair_files", "patch_spread", "random_crop_flip", "random_flips",
-    "release_patch_origins", "resolve_class_names", "PairedFolderDataset", "LayoutDataset", "FMBDataset",
-    "MSRSDataset", "MFNetDataset", "RoadSceneDataset", "build_dataset",
+    "random_rescale", "release_patch_origins", "resolve_class_names", "PairedFolderDataset", "LayoutDataset",
+    "FMBDataset", "MSRSDataset", "MFNetDataset", "RoadSceneDataset", "build_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -118,6 +121,11 @@ class PairedFolderDataset(Dataset):
         mode: ``"random_crop"``, ``"release_patches"`` or ``"full"`` (see the module docstring).
         patch_size: crop / patch size; default 128 for random_crop, 256 for release_patches.
         flips: random flips in random_crop mode.
+        vertical_flips: with ``flips``, also flip upside down (random_crop mode); False keeps the crops' positions
+            and horizontal flips and drops the vertical ones.
+        scale_range: (lo, hi): resize each scene by a random factor in this range before its random crop
+            (random_crop mode; label by nearest neighbour); None (default) leaves the scale alone and the draws as
+            they were.
         class_names: list of names or a path to a classes.yaml; otherwise ``classes.yaml`` in ``label_dir`` or
             its parent is used, then ``default_classes``, then ``num_classes`` generic names.
         num_classes: number of classes, when no names are available (checked against the names otherwise).
@@ -147,6 +155,8 @@ class PairedFolderDataset(Dataset):
         mode: Mode = "full",
         patch_size: int | None = None,
         flips: bool = True,
+        vertical_flips: bool = True,
+        scale_range: Sequence[float] | None = None,
         class_names: Sequence[str] | PathLike | None = None,
         num_classes: int | None = None,
         ignore_index: int = DEFAULT_IGNORE_INDEX,
@@ -171,6 +181,13 @@ class PairedFolderDataset(Dataset):
         if mode != "full" and self.patch_size <= 0:
             raise ValueError(f"patch_size must be positive, got {patch_size}")
         self.flips = flips
+        self.vertical_flips = bool(vertical_flips)
+        self.scale_range = None if scale_range is None else tuple(float(v) for v in scale_range)
+        if self.scale_range is not None and (len(self.scale_range) != 2 or not 0 < self.scale_range[0]
+                                             <= self.scale_range[1]):
+            raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {scale_range}")
+        if self.scale_range is not None and mode != "random_crop":
+            raise ValueError(f"scale_range applies to mode 'random_crop' only, not {mode!r}")
         self.ignore_index = int(ignore_index)
         self.seed = seed
         self.epoch = 0
@@ -325,8 +342,11 @@ class PairedFolderDataset(Dataset):
         if self.seed is not None and self.mode in ("random_crop", "tiles"):
             generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
         if self.mode == "random_crop":
+            if self.scale_range is not None:
+                ir, vi, label = random_rescale(ir, vi, label, self.scale_range, generator)
             ir, vi, label = random_crop_flip(ir, vi, label, self.patch_size, flips=self.flips,
-                                             ignore_index=self.ignore_index, generator=generator)
+                                             vertical=self.vertical_flips, ignore_index=self.ignore_index,
+                                             generator=generator)
         elif self.mode in ("release_patches", "tiles"):
             window = (slice(top, top + self.patch_size), slice(left, left + self.patch_size))
             ir, vi = ir[window], vi[window]
@@ -417,7 +437,8 @@ def _root_classes(root: Path) -> Path | None:
 
 
 _CFG_KEYS = {
-    "name", "root", "ir_dir", "vi_dir", "label_dir", "patch_size", "mode", "flips", "ignore_index", "seed",
+    "name", "root", "ir_dir", "vi_dir", "label_dir", "patch_size", "mode", "flips", "vertical_flips", "scale_range",
+    "ignore_index", "seed",
     "classes", "num_classes", "min_spread", "contrast_relative_to", "strict", "scan_labels", "cache",
     "return_chroma", "labels", "ir_tone_reference",
 }
@@ -429,7 +450,8 @@ def build_dataset(cfg: Mapping[str, Any], split: str, mode: Mode | None = None) 
     Keys (None values count as absent): ``name`` (``fmb`` | ``msrs`` | ``mfnet`` | ``roadscene`` | ``folders``; see
     :mod:`data.layouts`), ``root``,
     ``ir_dir`` / ``vi_dir`` / ``label_dir`` (``folders`` only; relative to ``root`` when it is given; ``{split}``
-    is replaced by the split), ``patch_size``, ``mode``, ``flips``, ``ignore_index``, ``seed``, ``classes``
+    is replaced by the split), ``patch_size``, ``mode``, ``flips``, ``vertical_flips``, ``scale_range``,
+    ``ignore_index``, ``seed``, ``classes``
     (list of names or a classes.yaml path), ``num_classes``, ``min_spread``, ``contrast_relative_to``, ``strict``,
     ``scan_labels``, ``cache``, ``return_chroma``, ``labels`` (fmb / msrs: read the label folder, default true),
     ``ir_tone_reference`` (image files or folders: every infrared image is histogram-matched onto them,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 
@@ -31,6 +32,43 @@ def pad_to_min_size(
     if mode == "constant":
         return np.pad(image, widths, mode="constant", constant_values=value)
     return np.pad(image, widths, mode="reflect")
+
+
+def random_rescale(
+    ir: np.ndarray,
+    vi: np.ndarray,
+    label: np.ndarray | None,
+    scale_range: Sequence[float],
+    generator: torch.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The same random resize of ir, vi and label by a factor drawn uniformly from ``scale_range`` = (lo, hi).
+
+    The usual scale augmentation of segmentation training (DeepLab draws from 0.5 to 2). Images are resized
+    bilinearly, labels by nearest neighbour (class indices stay class indices). One draw from ``generator``.
+
+    Args:
+        ir, vi: (H, W) float32 images; label: (H, W) int64 or None.
+        scale_range: 0 < lo ≤ hi.
+
+    Returns:
+        (ir, vi, label) of shape (round(s·H), round(s·W)), at least 1 × 1.
+    """
+    lo, hi = (float(v) for v in scale_range)
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {tuple(scale_range)}")
+    factor = lo + (hi - lo) * float(torch.rand(1, generator=generator))
+    height, width = ir.shape[:2]
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))  # OpenCV's (width, height)
+    if size == (width, height):
+        return ir, vi, label
+
+    def image(array: np.ndarray) -> np.ndarray:
+        return cv2.resize(array, size, interpolation=cv2.INTER_LINEAR)
+
+    scaled = None
+    if label is not None:  # OpenCV's nearest-neighbour resize takes at most 32-bit integers
+        scaled = cv2.resize(label.astype(np.int32), size, interpolation=cv2.INTER_NEAREST).astype(label.dtype)
+    return image(ir), image(vi), scaled
 
 
 def random_crop_flip(

@@ -166,6 +166,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=128)
     p.add_argument("--mode", choices=("tiles", "random_crop"), default="tiles",
                    help="every patch-size tile of every image per epoch, or one random crop per image")
+    p.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="random_crop: resize each scene by a random factor in [LO, HI] before its crop (the usual "
+                        "segmentation augmentation, e.g. 0.5 2; default: no rescaling, as every run before session 18)")
+    p.add_argument("--no-vertical-flips", action="store_true",
+                   help="random_crop: horizontal flips only (default: horizontal and vertical, as every run before "
+                        "session 18; upside-down road scenes are not in any test set)")
     p.add_argument("--repeat-crops", action="store_true",
                    help="the same random crop of each scene in every epoch, as every run before session 14 had it "
                         "(a bug; only to reproduce those segmenters)")
@@ -186,6 +192,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--steps must be at least 0, --batch at least 1 and --lr a positive number")
     if args.steps == 0 and args.init is None:
         p.error("--steps 0 only evaluates, so it needs --init")
+    if args.scale_range is not None and (args.mode != "random_crop" or not 0 < args.scale_range[0]
+                                         <= args.scale_range[1]):
+        p.error("--scale-range needs --mode random_crop and 0 < LO <= HI")
     if args.workers < 0 or (args.max_minutes is not None and not args.max_minutes > 0):
         p.error("--workers must be at least 0 and --max-minutes positive")
     return args
@@ -225,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
 
     train = build_dataset({"name": args.name, "root": args.root, "mode": args.mode, "flips": True,
+                           "vertical_flips": not args.no_vertical_flips, "scale_range": args.scale_range,
                            "patch_size": args.patch, "seed": args.seed, "ir_tone_reference": args.ir_tone_reference},
                           args.split)
     train_full = build_dataset({"name": args.name, "root": args.root, "mode": "full",
@@ -292,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
               "sources": args.sources, "steps": step, "planned_steps": args.steps, "lr": args.lr,
               "schedule": args.schedule, "patch": args.patch, "mode": args.mode, "batch": args.batch,
               "seed": args.seed, "ir_tone_reference": args.ir_tone_reference, "device": str(device),
-              "repeat_crops": args.repeat_crops, "max_minutes": args.max_minutes, "stopped_on_time": stopped_on_time,
+              "repeat_crops": args.repeat_crops, "scale_range": args.scale_range,
+              "vertical_flips": not args.no_vertical_flips, "max_minutes": args.max_minutes,
+              "stopped_on_time": stopped_on_time,
               "train_seconds": round(seconds, 1)}
     if init_record is not None:
         record["init_record"] = init_record  # how the starting segmenter was trained

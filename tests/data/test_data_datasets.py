@@ -19,6 +19,7 @@ from data.datasets import (
     pair_files,
     patch_spread,
     random_crop_flip,
+    random_rescale,
     release_patch_origins,
 )
 
@@ -190,6 +191,87 @@ def test_random_crop_flip_with_generator_and_padding():
     assert (label_c == 1).sum() == 30  # every original pixel once, padding is ignore
     np.testing.assert_allclose(vi_c, ir_c * 0.5)
     assert set(np.round(ir_c.ravel(), 6)) <= set(np.round(ir.ravel(), 6))  # reflect padding reuses pixels
+
+
+def test_random_crops_without_vertical_flips_keep_the_crops_and_horizontal_flips(coded_folders):
+    """vertical_flips=False drops the upside-down crops only: the same windows and horizontal flips as the default
+    (the random draws are the same), never a vertical flip."""
+    both = _folders(coded_folders, mode="random_crop", patch_size=16, seed=7)
+    horizontal = _folders(coded_folders, mode="random_crop", patch_size=16, seed=7, vertical_flips=False)
+    flipped_h = flipped_v_default = 0
+    for epoch in range(4):
+        both.set_epoch(epoch)
+        horizontal.set_epoch(epoch)
+        for i in range(len(both)):
+            (xa, ya), (xb, yb) = _decode(both[i]), _decode(horizontal[i])
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(np.sort(ya, axis=0), yb)  # same rows; upright in the new one
+            assert yb[0, 0] < yb[-1, 0]
+            flipped_h += int(xb[0, 0] > xb[0, -1])
+            flipped_v_default += int(ya[0, 0] > ya[-1, 0])
+    assert 0 < flipped_h < 12 and 0 < flipped_v_default < 12
+
+
+def test_random_rescale_resizes_images_bilinearly_and_labels_by_nearest_neighbour():
+    rng = np.random.default_rng(0)
+    ir = rng.random((6, 10), dtype=np.float32)
+    vi = ir[::-1].copy()
+    label = rng.integers(0, 4, (6, 10)).astype(np.int64)
+    label[0, 0] = 255
+    out = random_rescale(ir, vi, label, (2.0, 2.0), torch.Generator().manual_seed(0))
+    assert [a.shape for a in out] == [(12, 20)] * 3 and out[2].dtype == np.int64
+    np.testing.assert_array_equal(out[0], cv2.resize(ir, (20, 12), interpolation=cv2.INTER_LINEAR))
+    np.testing.assert_array_equal(out[1], cv2.resize(vi, (20, 12), interpolation=cv2.INTER_LINEAR))
+    np.testing.assert_array_equal(out[2], np.repeat(np.repeat(label, 2, axis=0), 2, axis=1))  # classes stay classes
+    small = random_rescale(ir, vi, label, (0.5, 0.5))
+    assert small[0].shape == (3, 5) and set(np.unique(small[2])) <= set(np.unique(label))
+    # the factor is uniform in [lo, hi], one draw per call, repeatable by generator
+    sizes = {random_rescale(ir, vi, None, (0.5, 2.0), torch.Generator().manual_seed(s))[0].shape for s in range(30)}
+    assert len(sizes) > 5 and all(3 <= h <= 12 and 5 <= w <= 20 for h, w in sizes)
+    a = random_rescale(ir, vi, label, (0.5, 2.0), torch.Generator().manual_seed(3))
+    b = random_rescale(ir, vi, label, (0.5, 2.0), torch.Generator().manual_seed(3))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    for bad in ((0.0, 1.0), (2.0, 1.0), (-1.0, 1.0)):
+        with pytest.raises(ValueError, match="scale_range"):
+            random_rescale(ir, vi, label, bad)
+
+
+def test_rescaled_random_crops_keep_ir_vi_label_aligned(tmp_path):
+    """Scenes of 8-pixel class blocks, ir and vi coding the class: in every rescaled crop, wherever the image is
+    flat (inside a block), the label is the class the images show."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    label = ((xx // 8 + 2 * (yy // 8)) % NC).astype(np.uint8)
+    for stem in ("a", "b"):
+        _save(tmp_path / "ir" / f"{stem}.png", (label * 40).astype(np.uint8))
+        _save(tmp_path / "vi" / f"{stem}.png", (250 - label * 40).astype(np.uint8))
+        _save(tmp_path / "label" / f"{stem}.png", label)
+    dataset = _folders(tmp_path, mode="random_crop", patch_size=24, seed=1, scale_range=(0.75, 2.0),
+                       vertical_flips=False)
+    checked = 0
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            ir, vi, lab = sample["ir"][0].numpy() * 255, sample["vi"][0].numpy() * 255, sample["label"].numpy()
+            assert ir.shape == lab.shape == (24, 24)
+            np.testing.assert_allclose(ir + vi, 250, atol=1e-3)
+            flat = np.ones_like(lab, dtype=bool)
+            for axis in (0, 1):
+                for shift in (1, -1):
+                    flat &= np.roll(ir, shift, axis=axis) == ir
+            flat[[0, -1], :] = flat[:, [0, -1]] = False
+            np.testing.assert_array_equal(lab[flat], np.rint(ir[flat] / 40).astype(int))
+            checked += int(flat.sum())
+    assert checked > 1000
+    with pytest.raises(ValueError, match="random_crop"):
+        _folders(tmp_path, mode="tiles", patch_size=16, scale_range=(0.5, 2.0))
+    with pytest.raises(ValueError, match="scale_range"):
+        _folders(tmp_path, mode="random_crop", patch_size=16, scale_range=(2.0, 0.5))
+    built = build_dataset({"name": "folders", "root": str(tmp_path), "ir_dir": "ir", "vi_dir": "vi",
+                           "label_dir": "label", "num_classes": NC, "mode": "random_crop", "patch_size": 16,
+                           "scale_range": [0.5, 1.5], "vertical_flips": False}, "train")
+    assert built.scale_range == (0.5, 1.5) and built.vertical_flips is False
 
 
 def test_patch_spread_definitions():

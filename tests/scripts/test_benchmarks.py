@@ -124,6 +124,16 @@ def test_pretrain_segmenter_resumes_from_a_saved_segmenter_evaluates_it_and_stop
     assert "unknown device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         pretrain_segmenter.parse_args(["--steps", "0"])  # nothing to evaluate
+    for bad in (["--scale-range", "0.5", "2"], ["--mode", "random_crop", "--scale-range", "2", "1"]):
+        with pytest.raises(SystemExit):
+            pretrain_segmenter.parse_args(bad)  # tiles mode has no rescaling; LO > HI
+
+    augmented = tmp_path / "c.pt"
+    assert pretrain_segmenter.main(common + ["--steps", "1", "--scale-range", "0.5", "2", "--no-vertical-flips",
+                                             "--val-root", "none", "--save", str(augmented)]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["scale_range"] == [0.5, 2.0] and record["vertical_flips"] is False
+    assert first["scale_range"] is None and first["vertical_flips"] is True
 
 
 def _crop_dataset(root):

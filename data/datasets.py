@@ -55,6 +55,7 @@ from data.sampling import (
     DEFAULT_IGNORE_INDEX,
     ContrastReference,
     ReleasePatch,
+    check_scale_range,
     cut_release_patches,
     pad_to_min_size,
     patch_spread,
@@ -182,10 +183,7 @@ class PairedFolderDataset(Dataset):
             raise ValueError(f"patch_size must be positive, got {patch_size}")
         self.flips = flips
         self.vertical_flips = bool(vertical_flips)
-        self.scale_range = None if scale_range is None else tuple(float(v) for v in scale_range)
-        if self.scale_range is not None and (len(self.scale_range) != 2 or not 0 < self.scale_range[0]
-                                             <= self.scale_range[1]):
-            raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {scale_range}")
+        self.scale_range = None if scale_range is None else check_scale_range(scale_range)
         if self.scale_range is not None and mode != "random_crop":
             raise ValueError(f"scale_range applies to mode 'random_crop' only, not {mode!r}")
         self.ignore_index = int(ignore_index)

@@ -34,6 +34,14 @@ def pad_to_min_size(
     return np.pad(image, widths, mode="reflect")
 
 
+def check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
+    """``scale_range`` as (lo, hi) floats; ValueError unless it holds two numbers with 0 < lo ≤ hi."""
+    values = tuple(float(v) for v in scale_range)
+    if len(values) != 2 or not 0 < values[0] <= values[1]:
+        raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {tuple(scale_range)}")
+    return values
+
+
 def random_rescale(
     ir: np.ndarray,
     vi: np.ndarray,
@@ -53,22 +61,16 @@ def random_rescale(
     Returns:
         (ir, vi, label) of shape (round(s·H), round(s·W)), at least 1 × 1.
     """
-    lo, hi = (float(v) for v in scale_range)
-    if not 0 < lo <= hi:
-        raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {tuple(scale_range)}")
+    lo, hi = check_scale_range(scale_range)
     factor = lo + (hi - lo) * float(torch.rand(1, generator=generator))
     height, width = ir.shape[:2]
     size = (max(1, round(width * factor)), max(1, round(height * factor)))  # OpenCV's (width, height)
     if size == (width, height):
         return ir, vi, label
-
-    def image(array: np.ndarray) -> np.ndarray:
-        return cv2.resize(array, size, interpolation=cv2.INTER_LINEAR)
-
-    scaled = None
+    ir, vi = (cv2.resize(a, size, interpolation=cv2.INTER_LINEAR) for a in (ir, vi))
     if label is not None:  # OpenCV's nearest-neighbour resize takes at most 32-bit integers
-        scaled = cv2.resize(label.astype(np.int32), size, interpolation=cv2.INTER_NEAREST).astype(label.dtype)
-    return image(ir), image(vi), scaled
+        label = cv2.resize(label.astype(np.int32), size, interpolation=cv2.INTER_NEAREST).astype(label.dtype)
+    return ir, vi, label
 
 
 def random_crop_flip(

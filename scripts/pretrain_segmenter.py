@@ -48,7 +48,7 @@ if not __package__:  # run by path (python scripts/NAME.py): put the repository 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.datasets import build_dataset
-from data.sampling import sample_seed
+from data.sampling import check_scale_range, sample_seed
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.runtime import DeviceError, configure_threads, resolve_device, tune_allocator
 from losses.class_weights import log_frequency_weights, median_frequency_weights
@@ -192,9 +192,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--steps must be at least 0, --batch at least 1 and --lr a positive number")
     if args.steps == 0 and args.init is None:
         p.error("--steps 0 only evaluates, so it needs --init")
-    if args.scale_range is not None and (args.mode != "random_crop" or not 0 < args.scale_range[0]
-                                         <= args.scale_range[1]):
-        p.error("--scale-range needs --mode random_crop and 0 < LO <= HI")
+    if args.scale_range is not None:
+        if args.mode != "random_crop":
+            p.error("--scale-range needs --mode random_crop")
+        try:
+            check_scale_range(args.scale_range)
+        except ValueError as err:
+            p.error(f"--scale-range: {err}")
     if args.workers < 0 or (args.max_minutes is not None and not args.max_minutes > 0):
         p.error("--workers must be at least 0 and --max-minutes positive")
     return args

@@ -93,7 +93,8 @@ RUN_SETTINGS: dict[str, dict[str, tuple[Any, str]]] = {
         "init_checkpoint": (None, "start the whole model (fusion network and segmenter) from this model file, a "
                                   "shipped/exported one or a run's last.pt, with fresh optimisers and schedule: "
                                   "continue or fine-tune a trained model (replaces stage 1; "
-                                  "train.segmenter_checkpoint, if also given, then replaces the segmenter)"),
+                                  "train.segmenter_checkpoint, if also given, replaces the segmenter, and then only "
+                                  "the file's fusion network is read, so its segmenter may have another encoder)"),
         "max_steps_per_epoch": (None, "cap on the steps of an epoch (null: the whole dataset)"),
         "log_every": (10, "TensorBoard scalars every N steps"),
         "image_log_every": (100, "TensorBoard images every N steps"),

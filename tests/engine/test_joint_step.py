@@ -255,6 +255,26 @@ def test_init_checkpoint_starts_both_networks_from_a_model_file(synthetic_root, 
     with pytest.raises(CheckpointError, match=r"init_checkpoint .*wider\.pt does not fit .*shape mismatch"):
         Trainer({**cfg, "train": {**cfg["train"], "init_checkpoint": str(tmp_path / "wider.pt")}}, tmp_path / "c",
                 show_progress=False)
+    with pytest.raises(CheckpointError, match=r"wider\.pt \(its fusion network\) does not fit"):
+        Trainer({**cfg, "train": {**cfg["train"], "init_checkpoint": str(tmp_path / "wider.pt"),
+                                  "segmenter_checkpoint": str(segmenter_file)}}, tmp_path / "c2", show_progress=False)
+
+    # a model file whose segmenter has another encoder: usable only when train.segmenter_checkpoint replaces it
+    torch.manual_seed(5)
+    other_encoder = build_model(tiny_train_config(synthetic_root, "segmenter.encoder=resnet18"), classes.num_classes)
+    save_checkpoint(tmp_path / "resnet.pt", {"model": other_encoder.state_dict()})
+    with pytest.raises(CheckpointError, match=r"resnet\.pt does not fit"):
+        Trainer({**cfg, "train": {**cfg["train"], "init_checkpoint": str(tmp_path / "resnet.pt")}}, tmp_path / "e",
+                show_progress=False)
+    mixed = Trainer({**cfg, "train": {**cfg["train"], "init_checkpoint": str(tmp_path / "resnet.pt"),
+                                      "segmenter_checkpoint": str(segmenter_file)}}, tmp_path / "f",
+                    show_progress=False)
+    mixed.lock.release()
+    for key, value in other_encoder.fusion.state_dict().items():
+        assert torch.equal(mixed.model.fusion.state_dict()[key], value), key
+    for key, value in other_segmenter.state_dict().items():
+        assert torch.equal(mixed.model.segmenter.state_dict()[key], value), key
+
     save_checkpoint(tmp_path / "segmenter_only.pt", {"segmenter": other_segmenter.state_dict()})
     with pytest.raises(CheckpointError, match="holds no model weights"):
         Trainer({**cfg, "train": {**cfg["train"], "init_checkpoint": str(tmp_path / "segmenter_only.pt")}},

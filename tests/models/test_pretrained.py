@@ -75,6 +75,16 @@ def test_mapped_weights_classify_real_photos(packaged_state, encoder_name, gray)
     assert int(coffee.argmax()) == ESPRESSO and float(coffee[ESPRESSO]) > 0.5
 
 
+@pytest.mark.parametrize("encoder_name", ["tu-tf_efficientnet_lite1", "tu-tf_efficientnet_lite2"])
+def test_larger_lite_models_classify_real_photos(encoder_name):
+    """The same mapping on the deeper, wider Lite1 and Lite2 files (blocks per stage 1, 3, 3, 4, 4, 5, 1)."""
+    classify = _classifier(torch.load(packaged_weights_file(encoder_name), map_location="cpu", weights_only=True),
+                           encoder_name, gray=True)
+    cat, coffee = classify(_photo("chelsea", True))[0], classify(_photo("coffee", True))[0]
+    assert int(cat.argmax()) in CATS and float(cat[sorted(CATS)].sum()) > 0.6
+    assert int(coffee.argmax()) == ESPRESSO and float(coffee[ESPRESSO]) > 0.5
+
+
 @pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
 def test_folded_normalisation_equals_normalising_outside(gray):
     """Stem + BatchNorm (eval) on (x - mean)/std equals the folded stem on x, away from the padded border."""

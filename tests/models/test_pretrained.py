@@ -66,23 +66,24 @@ def _photo(name: str, gray: bool) -> torch.Tensor:
     return F.interpolate(image, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
 
 
-@pytest.mark.parametrize("encoder_name", [LITE0, OLD_LITE0])
-@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
-def test_mapped_weights_classify_real_photos(packaged_state, encoder_name, gray):
-    classify = _classifier(packaged_state, encoder_name, gray)
+def _assert_cat_and_espresso(classify, gray: bool) -> None:
+    """``chelsea`` goes to a cat class (cats together > 0.6), ``coffee`` to espresso (> 0.5)."""
     cat, coffee = classify(_photo("chelsea", gray))[0], classify(_photo("coffee", gray))[0]
     assert int(cat.argmax()) in CATS and float(cat[sorted(CATS)].sum()) > 0.6
     assert int(coffee.argmax()) == ESPRESSO and float(coffee[ESPRESSO]) > 0.5
 
 
+@pytest.mark.parametrize("encoder_name", [LITE0, OLD_LITE0])
+@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
+def test_mapped_weights_classify_real_photos(packaged_state, encoder_name, gray):
+    _assert_cat_and_espresso(_classifier(packaged_state, encoder_name, gray), gray)
+
+
 @pytest.mark.parametrize("encoder_name", ["tu-tf_efficientnet_lite1", "tu-tf_efficientnet_lite2"])
 def test_larger_lite_models_classify_real_photos(encoder_name):
     """The same mapping on the deeper, wider Lite1 and Lite2 files (blocks per stage 1, 3, 3, 4, 4, 5, 1)."""
-    classify = _classifier(torch.load(packaged_weights_file(encoder_name), map_location="cpu", weights_only=True),
-                           encoder_name, gray=True)
-    cat, coffee = classify(_photo("chelsea", True))[0], classify(_photo("coffee", True))[0]
-    assert int(cat.argmax()) in CATS and float(cat[sorted(CATS)].sum()) > 0.6
-    assert int(coffee.argmax()) == ESPRESSO and float(coffee[ESPRESSO]) > 0.5
+    state = torch.load(packaged_weights_file(encoder_name), map_location="cpu", weights_only=True)
+    _assert_cat_and_espresso(_classifier(state, encoder_name, gray=True), gray=True)
 
 
 @pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])

@@ -121,12 +121,14 @@ class PairedFolderDataset(Dataset):
         ir_dir, vi_dir: image folders; label_dir: class-index label folder or None.
         mode: ``"random_crop"``, ``"release_patches"`` or ``"full"`` (see the module docstring).
         patch_size: crop / patch size; default 128 for random_crop, 256 for release_patches.
-        flips: random flips in random_crop mode.
-        vertical_flips: with ``flips``, also flip upside down (random_crop mode); False keeps the crops' positions
-            and horizontal flips and drops the vertical ones.
+        flips: random flips in random_crop and tiles modes.
+        vertical_flips: with ``flips``, also flip upside down; False keeps the crops' positions and the
+            horizontal flips and drops the vertical ones.
         scale_range: (lo, hi): resize each scene by a random factor in this range before its random crop
             (random_crop mode; label by nearest neighbour); None (default) leaves the scale alone and the draws as
             they were.
+        crops_per_scene: random_crop mode: samples per scene and epoch (sample i crops scene i mod n with its own
+            draws), so that an epoch of random crops can be as long as one of tiles; 1 (default): one each.
         class_names: list of names or a path to a classes.yaml; otherwise ``classes.yaml`` in ``label_dir`` or
             its parent is used, then ``default_classes``, then ``num_classes`` generic names.
         num_classes: number of classes, when no names are available (checked against the names otherwise).
@@ -158,6 +160,7 @@ class PairedFolderDataset(Dataset):
         flips: bool = True,
         vertical_flips: bool = True,
         scale_range: Sequence[float] | None = None,
+        crops_per_scene: int = 1,
         class_names: Sequence[str] | PathLike | None = None,
         num_classes: int | None = None,
         ignore_index: int = DEFAULT_IGNORE_INDEX,
@@ -186,6 +189,10 @@ class PairedFolderDataset(Dataset):
         self.scale_range = None if scale_range is None else check_scale_range(scale_range)
         if self.scale_range is not None and mode != "random_crop":
             raise ValueError(f"scale_range applies to mode 'random_crop' only, not {mode!r}")
+        self.crops_per_scene = int(crops_per_scene)
+        if self.crops_per_scene < 1 or self.crops_per_scene != 1 and mode != "random_crop":
+            raise ValueError(f"crops_per_scene must be 1, or more in mode 'random_crop'; got {crops_per_scene} in "
+                             f"mode {mode!r}")
         self.ignore_index = int(ignore_index)
         self.seed = seed
         self.epoch = 0
@@ -324,7 +331,9 @@ class PairedFolderDataset(Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self._patch_index) if self.mode in ("release_patches", "tiles") else len(self.pairs)
+        if self.mode in ("release_patches", "tiles"):
+            return len(self._patch_index)
+        return len(self.pairs) * (self.crops_per_scene if self.mode == "random_crop" else 1)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
@@ -332,7 +341,7 @@ class PairedFolderDataset(Dataset):
         if self.mode in ("release_patches", "tiles"):
             pair_index, top, left = self._patch_index[index]
         else:
-            pair_index, top, left = index, 0, 0
+            pair_index, top, left = index % len(self.pairs), 0, 0
         arrays = self.load_pair(pair_index)
         ir, vi, label = arrays["ir"], arrays["vi_y"], arrays["label"]
         name = arrays["name"]
@@ -351,7 +360,7 @@ class PairedFolderDataset(Dataset):
             label = label[window] if label is not None else None
             name = f"{name}_y{top}_x{left}"
             if self.mode == "tiles" and self.flips:
-                ir, vi, label = random_flips(ir, vi, label, generator)
+                ir, vi, label = random_flips(ir, vi, label, generator, vertical=self.vertical_flips)
         sample: dict[str, Any] = {"ir": to_tensor_1hw(ir), "vi": to_tensor_1hw(vi), "name": name}
         if label is not None:
             sample["label"] = torch.from_numpy(np.array(label, dtype=np.int64, order="C", copy=True))
@@ -436,7 +445,7 @@ def _root_classes(root: Path) -> Path | None:
 
 _CFG_KEYS = {
     "name", "root", "ir_dir", "vi_dir", "label_dir", "patch_size", "mode", "flips", "vertical_flips", "scale_range",
-    "ignore_index", "seed",
+    "crops_per_scene", "ignore_index", "seed",
     "classes", "num_classes", "min_spread", "contrast_relative_to", "strict", "scan_labels", "cache",
     "return_chroma", "labels", "ir_tone_reference",
 }
@@ -449,7 +458,7 @@ def build_dataset(cfg: Mapping[str, Any], split: str, mode: Mode | None = None) 
     :mod:`data.layouts`), ``root``,
     ``ir_dir`` / ``vi_dir`` / ``label_dir`` (``folders`` only; relative to ``root`` when it is given; ``{split}``
     is replaced by the split), ``patch_size``, ``mode``, ``flips``, ``vertical_flips``, ``scale_range``,
-    ``ignore_index``, ``seed``, ``classes``
+    ``crops_per_scene``, ``ignore_index``, ``seed``, ``classes``
     (list of names or a classes.yaml path), ``num_classes``, ``min_spread``, ``contrast_relative_to``, ``strict``,
     ``scan_labels``, ``cache``, ``return_chroma``, ``labels`` (fmb / msrs: read the label folder, default true),
     ``ir_tone_reference`` (image files or folders: every infrared image is histogram-matched onto them,

@@ -121,15 +121,23 @@ def random_crop_flip(
 
 
 def random_flips(
-    ir: np.ndarray, vi: np.ndarray, label: np.ndarray | None, generator: torch.Generator | None = None
+    ir: np.ndarray,
+    vi: np.ndarray,
+    label: np.ndarray | None,
+    generator: torch.Generator | None = None,
+    vertical: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The same random horizontal and vertical flips (each with probability 1/2) for ir, vi and label."""
+    """The same random horizontal and vertical flips (each with probability 1/2) for ir, vi and label.
+
+    ``vertical=False`` drops the upside-down flip only; both coins are drawn either way, so the horizontal flips
+    stay those of ``vertical=True`` for the same generator.
+    """
     coins = torch.rand(2, generator=generator)
 
     def flip(array: np.ndarray) -> np.ndarray:
         if coins[0] < 0.5:
             array = array[:, ::-1]
-        if coins[1] < 0.5:
+        if vertical and coins[1] < 0.5:
             array = array[::-1, :]
         return np.ascontiguousarray(array)
 

@@ -30,6 +30,7 @@ OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "data.val_root": (str,),
     "data.num_classes": (int,),
     "data.ir_tone_reference": (list, str),
+    "data.scale_range": (list,),
     "train.max_steps_per_epoch": (int,),
     "train.segmenter_checkpoint": (str,),
     "train.init_checkpoint": (str,),
@@ -66,6 +67,13 @@ RUN_SETTINGS: dict[str, dict[str, tuple[Any, str]]] = {
                           "(release row 10); docs/DECISIONS.md D1"),
         "flips": (False, "random horizontal/vertical flips in random_crop and tiles modes (not in the paper or the "
                          "release)"),
+        "vertical_flips": (True, "with flips: also flip upside down (false: left-right flips only, as road-scene "
+                                 "segmentation trains)"),
+        "scale_range": (None, "[lo, hi]: random_crop mode resizes each scene by a random factor in this range "
+                              "before its crop (segmentation's scale augmentation; labels by nearest neighbour; "
+                              "docs/DECISIONS.md D18); null: no resizing"),
+        "crops_per_scene": (1, "random_crop mode: crops per scene per epoch (15 makes an MFNet epoch as long as one "
+                               "of 128x128 tiles)"),
         "min_spread": (0.1, "release_patches: keep a patch when both sources' 10-90 percentile spread reaches this"),
         "contrast_relative_to": ("p90", "release_patches: spread relative to the patch's 90th percentile (p90, the "
                                         "release) or to the [0, 1] range (range)"),
@@ -367,8 +375,8 @@ MERGED_KEYS = {
 _LOWER_BOUNDS = {
     "train.epochs": 1, "train.batch_size": 1, "train.segmenter_pretrain_epochs": 0, "train.lr_step_epochs": 1,
     "train.max_steps_per_epoch": 1, "train.checkpoint_every_steps": 1, "train.log_every": 1,
-    "train.image_log_every": 1, "train.val_every": 1, "data.patch_size": 16, "data.num_workers": 0,
-    "data.val_pairs": 0, "fusion.stages": 1, "fusion.channels": 2, "attribution.ig_steps": 1,
+    "train.image_log_every": 1, "train.val_every": 1, "data.patch_size": 16, "data.crops_per_scene": 1,
+    "data.num_workers": 0, "data.val_pairs": 0, "fusion.stages": 1, "fusion.channels": 2, "attribution.ig_steps": 1,
     "attribution.attention_substeps": 1, "test.batch_size": 1, "train.grad_clip": 0, "test.tile": 64,
 }
 _POSITIVE = ("train.lr", "train.segmenter_lr", "train.lr_gamma", "test.max_memory_gb")
@@ -413,6 +421,15 @@ def check_values(cfg: dict) -> dict:
         value = flat.get(key)
         if value is not None and value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    scale_range = cfg["data"]["scale_range"]
+    if scale_range is not None:
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in scale_range)
+        if not (len(scale_range) == 2 and numbers and 0 < scale_range[0] <= scale_range[1]):
+            raise ConfigError(f"config key 'data.scale_range' must be [lo, hi] with 0 < lo <= hi, got {scale_range}")
+        if cfg["data"]["mode"] != "random_crop":
+            raise ConfigError(f"config key 'data.scale_range' needs data.mode random_crop, not {cfg['data']['mode']!r}")
+    if cfg["data"]["crops_per_scene"] != 1 and cfg["data"]["mode"] != "random_crop":
+        raise ConfigError(f"config key 'data.crops_per_scene' needs data.mode random_crop, not {cfg['data']['mode']!r}")
     if 0 <= cfg["data"]["ignore_index"] < (cfg["data"]["num_classes"] or 0):
         raise ConfigError(f"data.ignore_index {cfg['data']['ignore_index']} is a class index "
                           f"(data.num_classes {cfg['data']['num_classes']})")

@@ -183,25 +183,31 @@ def _map_files(out_dir: Path, name: str, result: UAAFusionOutput, index: int, dt
     return files
 
 
+def region_attributions(regions: np.ndarray, a_ir: np.ndarray, a_vi: np.ndarray,
+                        w_ir: np.ndarray) -> list[dict[str, float | int]]:
+    """Per class present in ``regions`` ((H, W) class indices; values outside 0..C-1, such as the ignore index,
+    are no region): its pixel count, Eq. 8's region attributions ``a_ir[c]``, ``a_vi[c]`` ((C,), before the ReLU)
+    and the region's mean of ``w_ir`` ((H, W), float64 mean)."""
+    classes, counts = np.unique(regions, return_counts=True)
+    return [{"class": int(c), "pixels": int(n), "a_ir": float(a_ir[c]), "a_vi": float(a_vi[c]),
+             "w_ir": float(w_ir[regions == c].astype(np.float64).mean())}
+            for c, n in zip(classes.tolist(), counts.tolist()) if 0 <= c < len(a_ir)]
+
+
 def attribution_record(result: UAAFusionOutput, index: int) -> bytes:
     """Why each region of pair ``index`` got its weight, as JSON bytes: per class present in its region map, the
-    pixel count, Eq. 8's region attributions a_ir, a_vi before the ReLU, and the region's w_ir.
+    pixel count, Eq. 8's region attributions a_ir, a_vi before the ReLU, and the region's w_ir
+    (:func:`region_attributions`).
 
     A region whose a_ir and a_vi are both ≤ 0 takes w_ir = 0.5 exactly (ε / 2ε): neither source raises the class
     score above the zero baseline's. Not written with ``attribution.weights: uniform`` (nothing is attributed).
     """
-    regions = result.regions[index]
-    a_ir = result.a_ir[index] if result.a_ir.dim() == 2 else result.a_ir  # (C,) per image or pooled (release row 5)
-    a_vi = result.a_vi[index] if result.a_vi.dim() == 2 else result.a_vi
-    w_ir = result.w_ir[index, 0]
-    classes, counts = torch.unique(regions, return_counts=True)
-    entries = []
-    for c, n in zip(classes.tolist(), counts.tolist()):
-        if not 0 <= c < a_ir.numel():  # the ignore value of given labels: no region, w = 0.5
-            continue
-        entries.append({"class": c, "pixels": n, "a_ir": float(a_ir[c]), "a_vi": float(a_vi[c]),
-                        "w_ir": float(w_ir[regions == c].double().mean())})
-    return (json.dumps({"pooled_over_batch": result.a_ir.dim() == 1, "regions": entries}, indent=1) + "\n").encode()
+    pooled = result.a_ir.dim() == 1  # (C,) pooled over the batch (release row 5), else (N, C)
+    a_ir = result.a_ir if pooled else result.a_ir[index]
+    a_vi = result.a_vi if pooled else result.a_vi[index]
+    entries = region_attributions(result.regions[index].cpu().numpy(), a_ir.detach().cpu().double().numpy(),
+                                  a_vi.detach().cpu().double().numpy(), result.w_ir[index, 0].detach().cpu().numpy())
+    return (json.dumps({"pooled_over_batch": pooled, "regions": entries}, indent=1) + "\n").encode()
 
 
 def pair_outputs(out_dir: Path, name: str, sample: dict, result: UAAFusionOutput, index: int,

@@ -135,16 +135,22 @@ class Trainer:
         seed_everything(cfg["seed"])
 
         data_cfg = self._dataset_cfg()
-        self.train_set = build_dataset({**data_cfg, "mode": cfg["data"]["mode"], "flips": cfg["data"]["flips"],
-                                        "patch_size": cfg["data"]["patch_size"], "seed": cfg["seed"],
-                                        "ir_tone_reference": cfg["data"]["ir_tone_reference"]},
-                                       cfg["data"]["train_split"])
+        sampling = {k: cfg["data"][k] for k in ("mode", "flips", "vertical_flips", "scale_range", "crops_per_scene",
+                                                "patch_size", "ir_tone_reference")}
+        self.train_set = build_dataset({**data_cfg, **sampling, "seed": cfg["seed"]}, cfg["data"]["train_split"])
         if not self.train_set.has_labels:
             raise ValueError(f"training needs segmentation labels; {self.train_set!r} has none")
         self.num_classes = cfg["data"]["num_classes"] or self.train_set.num_classes
         self.val_set = self._build_val_set(data_cfg)
 
-        self.model = build_model(cfg, self.num_classes).to(self.device)
+        model_cfg = cfg
+        if self.tcfg["segmenter_checkpoint"] and cfg["segmenter"]["encoder_weights"] not in (None, "", "none"):
+            # the file replaces every segmenter weight: the encoder's start (a package, a download, a local file) is
+            # never read; the random draws are the same either way, so runs repeat as before
+            log.info("segmenter.encoder_weights (%s) not read: train.segmenter_checkpoint replaces the segmenter",
+                     cfg["segmenter"]["encoder_weights"])
+            model_cfg = {**cfg, "segmenter": {**cfg["segmenter"], "encoder_weights": None}}
+        self.model = build_model(model_cfg, self.num_classes).to(self.device)
         # the live segmenter (L_seg, stage 1) trains in channels-last layout, as the fusion network and the scoring
         # copy run: the same function, and EfficientNet-Lite0 trains 1.7x faster so at 256² on the CPU (D10)
         self.model.segmenter.to(memory_format=torch.channels_last)

@@ -40,6 +40,7 @@ from matplotlib.patches import Patch
 if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.fuse_folder import region_attributions
 from scripts.repro_common import (
     FusionModel,
     ReproError,
@@ -233,18 +234,16 @@ def draw_figure3(maps: ImageMaps, class_names: list[str], ignore_index: int, pat
     handle = show(axes[1, 1], maps.w_ir, "w_ir (infrared weight)", cmap="viridis", vmin=0.0, vmax=1.0)
     show(axes[1, 2], maps.w_vi, "w_vi (visible weight)", cmap="viridis", vmin=0.0, vmax=1.0)
     fig.colorbar(handle, ax=axes[1, 1:].tolist(), fraction=0.025)
-    present, counts = np.unique(maps.regions[maps.regions != ignore_index], return_counts=True)
+    present = np.unique(maps.regions[maps.regions != ignore_index])
     patches = [Patch(color=colours[c], label=class_names[c]) for c in present]
     axes[1, 0].legend(handles=patches, loc="upper left", bbox_to_anchor=(0.0, -0.02), ncol=3, fontsize=7,
                       frameon=False)
     fig.suptitle(f"Figure 3: attribution weights, {maps.name}", fontsize=11)
     save_figure(fig, path, dpi=120, bbox_inches="tight")
     regions = {}
-    for c, n in zip(present, counts):
-        mask = maps.regions == c
-        regions[class_names[c]] = {"index": int(c), "pixels": int(n), "a_ir": float(maps.a_ir[c]),
-                                   "a_vi": float(maps.a_vi[c]), "w_ir": float(maps.w_ir[mask].mean()),
-                                   "w_vi": float(maps.w_vi[mask].mean())}
+    for entry in region_attributions(maps.regions, maps.a_ir, maps.a_vi, maps.w_ir):  # ignore_index: not a class
+        c = entry.pop("class")
+        regions[class_names[c]] = {"index": c, **entry, "w_vi": float(maps.w_vi[maps.regions == c].mean())}
     return regions
 
 

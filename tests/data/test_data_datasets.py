@@ -212,6 +212,23 @@ def test_random_crops_without_vertical_flips_keep_the_crops_and_horizontal_flips
     assert 0 < flipped_h < 12 and 0 < flipped_v_default < 12
 
 
+def test_several_random_crops_per_scene_and_epoch(coded_folders):
+    """crops_per_scene=k: k * n samples per epoch, sample i from scene i mod n with its own draws; the first n are
+    the samples of k=1. Only in random_crop mode."""
+    one = _folders(coded_folders, mode="random_crop", patch_size=16, seed=7)
+    four = _folders(coded_folders, mode="random_crop", patch_size=16, seed=7, crops_per_scene=4)
+    assert len(one) == 3 and len(four) == 12
+    assert [four[i]["name"] for i in range(12)] == [one[i % 3]["name"] for i in range(12)]
+    for i in range(3):
+        np.testing.assert_array_equal(four[i]["ir"].numpy(), one[i]["ir"].numpy())
+    crops = {(tuple(_decode(four[i])[0][0, :2]), tuple(_decode(four[i])[1][:2, 0])) for i in range(0, 12, 3)}
+    assert len(crops) > 1  # the same scene, cut elsewhere (or flipped) in the same epoch
+    with pytest.raises(ValueError, match="crops_per_scene"):
+        _folders(coded_folders, mode="tiles", patch_size=16, crops_per_scene=2)
+    with pytest.raises(ValueError, match="crops_per_scene"):
+        _folders(coded_folders, mode="random_crop", patch_size=16, crops_per_scene=0)
+
+
 def test_random_rescale_resizes_images_bilinearly_and_labels_by_nearest_neighbour():
     rng = np.random.default_rng(0)
     ir = rng.random((6, 10), dtype=np.float32)

@@ -8,7 +8,7 @@ import torch
 
 from data.datasets import build_dataset
 from data.tone import LEVELS, ToneReference, level_histogram, matching_table
-from engine.config import ConfigError, load_config
+from engine.config import ConfigError, apply_overrides, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,5 +186,15 @@ def test_the_default_models_config_is_the_frozen_toned_one_with_another_segmente
     long["train"]["segmenter_checkpoint"] = "runs/segmenter_fresh/segmenter.pt"
     assert long == load_config(REPO / "configs" / "mfnet_fresh.yaml")
     shipped = torch.load(REPO / "checkpoints" / "uaafusion_mfnet.pt", map_location="cpu", weights_only=True)
-    assert shipped["config"] == load_config(REPO / "configs" / "mfnet_fresh.yaml",
-                                            ["train.init_checkpoint=checkpoints/uaafusion_mfnet_imagenet.pt"])
+    # (its saved config predates data.vertical_flips / scale_range / crops_per_scene: read with their defaults)
+    assert apply_overrides(shipped["config"]) == load_config(
+        REPO / "configs" / "mfnet_fresh.yaml", ["train.init_checkpoint=checkpoints/uaafusion_mfnet_imagenet.pt"])
+    # session 20's joint-stage scale jitter (not shipped) changes the training samples and the segmenter file only
+    jitter = load_config(REPO / "configs" / "mfnet_jitter.yaml")
+    assert jitter["train"]["segmenter_checkpoint"] == "runs/segmenter_aug/segmenter.pt"
+    assert {k: jitter["data"][k] for k in ("mode", "flips", "vertical_flips", "scale_range", "crops_per_scene")} == {
+        "mode": "random_crop", "flips": True, "vertical_flips": False, "scale_range": [0.5, 2.0],
+        "crops_per_scene": 15}
+    jitter["train"]["segmenter_checkpoint"] = "runs/segmenter_fresh/segmenter.pt"
+    jitter["data"].update(mode="tiles", vertical_flips=True, scale_range=None, crops_per_scene=1)
+    assert jitter == load_config(REPO / "configs" / "mfnet_fresh.yaml")

@@ -57,3 +57,24 @@ def test_tiles_cover_every_full_tile_and_flip_deterministically(tmp_path):
     assert changed > 0
     with pytest.raises(ValueError, match="smaller than one"):
         MFNetDataset(tmp_path, mode="tiles", patch_size=128)
+
+
+def test_tiles_without_vertical_flips_keep_the_horizontal_flips(tmp_path):
+    """vertical_flips=False in tiles mode: every tile is itself or its mirror image, and it is mirrored exactly
+    where the default draws (same seed) mirror it, upside down or not."""
+    pair_folders(tmp_path, ["a", "b"], h=70, w=100)
+    for i, name in enumerate(["a", "b"]):
+        write_image(tmp_path / "label" / f"{name}.png", (gray(30 + i, 70, 100) % 9).astype(np.uint8))
+    plain = MFNetDataset(tmp_path, mode="tiles", patch_size=32, seed=0, flips=False)
+    both = MFNetDataset(tmp_path, mode="tiles", patch_size=32, seed=0, flips=True)
+    horizontal = MFNetDataset(tmp_path, mode="tiles", patch_size=32, seed=0, flips=True, vertical_flips=False)
+    mirrored = 0
+    for i in range(len(plain)):
+        tile, flipped, default = plain[i]["ir"][0].numpy(), horizontal[i]["ir"][0].numpy(), both[i]["ir"][0].numpy()
+        default_mirrored = (np.array_equal(default, tile[:, ::-1]) or np.array_equal(default, tile[::-1, ::-1]))
+        expected = tile[:, ::-1] if default_mirrored else tile
+        np.testing.assert_array_equal(flipped, expected)
+        np.testing.assert_array_equal(horizontal[i]["label"].numpy(),
+                                      plain[i]["label"].numpy()[:, ::-1] if default_mirrored else plain[i]["label"])
+        mirrored += default_mirrored
+    assert 0 < mirrored < len(plain)

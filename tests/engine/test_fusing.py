@@ -16,7 +16,7 @@ import torch
 from data.io import load_fusion_pair
 from data.layouts import colorize_labels
 from engine.checkpoint import load_model_from_checkpoint
-from engine.fuse_folder import FuseSettings, attribution_record, fuse_folder
+from engine.fuse_folder import FuseSettings, attribution_record, fuse_folder, region_attributions
 from engine.inference import estimated_peak_bytes, fuse, tile_for_budget
 from models.segmenter import segment
 from models.uaafusion import UAAFusionOutput, build_model
@@ -313,3 +313,13 @@ def test_a_model_file_loads_without_its_encoder_weights_source(tmp_path):
     saved = written["model"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
     assert payload["config"]["segmenter"]["encoder_weights"] == str(tmp_path / "gone.pt")
+
+
+def test_region_attributions_list_each_class_present_once():
+    """Golden values: classes in order of index, the ignore value (255) and classes without a region skipped, each
+    region's pixels, its a_ir / a_vi as given and the mean of w_ir over its pixels."""
+    regions = np.array([[0, 0, 2], [255, 2, 2]])
+    w_ir = np.array([[0.2, 0.4, 1.0], [0.9, 0.5, 0.0]], dtype=np.float32)
+    entries = region_attributions(regions, np.array([0.5, -1.0, 2.0]), np.array([-0.25, 3.0, 1.0]), w_ir)
+    assert [(e["class"], e["pixels"], e["a_ir"], e["a_vi"]) for e in entries] == [(0, 2, 0.5, -0.25), (2, 3, 2.0, 1.0)]
+    assert [e["w_ir"] for e in entries] == pytest.approx([0.3, 0.5], abs=1e-7)

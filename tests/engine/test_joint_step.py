@@ -9,6 +9,7 @@ from engine.config import ConfigError, load_config
 from engine.trainer import JointModel, Trainer
 from losses import LossSettings, UAAFusionLoss
 from models.attribution import PathAttention, normalize_attention, region_mean_score, riemann_right
+from models.segmenter import SegmenterWeightsError
 from models.uaafusion import build_model
 from tests.helpers.factories import tiny_train_config
 from tests.helpers.scripts import REPO
@@ -249,6 +250,17 @@ def test_init_checkpoint_starts_both_networks_from_a_model_file(synthetic_root, 
         assert torch.equal(both.model.fusion.state_dict()[key], value), key
     for key, value in other_segmenter.state_dict().items():
         assert torch.equal(both.model.segmenter.state_dict()[key], value), key
+
+    # the segmenter file replaces the encoder's start, so segmenter.encoder_weights is not read (here: no such file)
+    unread = Trainer({**cfg, "segmenter": {**cfg["segmenter"], "encoder_weights": str(tmp_path / "absent.pth")},
+                      "train": {**cfg["train"], "segmenter_checkpoint": str(segmenter_file)}}, tmp_path / "g",
+                     show_progress=False)
+    unread.lock.release()
+    for key, value in other_segmenter.state_dict().items():
+        assert torch.equal(unread.model.segmenter.state_dict()[key], value), key
+    with pytest.raises(SegmenterWeightsError, match="file not found"):
+        build_model({**cfg, "segmenter": {**cfg["segmenter"], "encoder_weights": str(tmp_path / "absent.pth")}},
+                    classes.num_classes)
 
     wider = tiny_train_config(synthetic_root, "fusion.channels=16")
     save_checkpoint(tmp_path / "wider.pt", {"model": build_model(wider, classes.num_classes).state_dict()})

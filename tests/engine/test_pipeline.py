@@ -165,6 +165,26 @@ def test_config_rejects_unknown_and_mistyped_keys(tmp_path):
     assert cfg["fusion"]["stages"] == 5 and cfg["attribution"]["ig_steps"] == 5
 
 
+def test_joint_training_samples_with_the_configured_scale_jitter_and_flips(synthetic_root, tmp_path):
+    """data.scale_range and data.vertical_flips reach the training set (the pre-training's augmentation, D18);
+    scale_range outside random_crop mode or out of order is a config error."""
+    cfg = tiny_config(synthetic_root, "data.mode=random_crop", "data.flips=true", "data.scale_range=[0.5, 1.5]",
+                      "data.vertical_flips=false", "data.crops_per_scene=3")
+    train_set = Trainer(cfg, tmp_path / "r", show_progress=False).train_set
+    assert train_set.scale_range == (0.5, 1.5) and train_set.vertical_flips is False and train_set.flips is True
+    assert len(train_set) == 3 * len(train_set.pairs)
+    with pytest.raises(ConfigError, match="crops_per_scene"):
+        tiny_config(synthetic_root, "data.mode=tiles", "data.crops_per_scene=2")
+    sample = train_set[0]
+    assert sample["ir"].shape[-2:] == (48, 48) and sample["label"].shape == (48, 48)
+    assert tiny_config(synthetic_root)["data"]["scale_range"] is None
+    with pytest.raises(ConfigError, match="needs data.mode random_crop"):
+        tiny_config(synthetic_root, "data.mode=tiles", "data.scale_range=[0.5, 2]")
+    for bad in ("[2, 0.5]", "[0.5]", "[0, 1]", "0.5"):
+        with pytest.raises(ConfigError, match="data.scale_range"):
+            tiny_config(synthetic_root, "data.mode=random_crop", f"data.scale_range={bad}")
+
+
 def test_train_cli_saves_resolved_config_and_rejects_bad_key(synthetic_root, tmp_path, capsys):
     code = train_cli.main(["--config", str(REPO / "configs" / "demo.yaml"), "--set", "train.bogus=1",
                            "--run-dir", str(tmp_path / "r")])

@@ -333,7 +333,7 @@ class PairedFolderDataset(Dataset):
     def __len__(self) -> int:
         if self.mode in ("release_patches", "tiles"):
             return len(self._patch_index)
-        return len(self.pairs) * (self.crops_per_scene if self.mode == "random_crop" else 1)
+        return len(self.pairs) * self.crops_per_scene  # 1 outside random_crop mode
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):

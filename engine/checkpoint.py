@@ -255,8 +255,7 @@ def load_model_from_checkpoint(path: str | Path, cfg: dict | None = None, device
     if not num_classes:
         raise CheckpointError(f"{path} does not record the number of classes")
     # every weight comes from the file: the encoder's initial weights are neither read nor needed (its package)
-    build_cfg = {**cfg, "segmenter": {**cfg.get("segmenter", {}), "encoder_weights": None}}
-    model = build_model(build_cfg, num_classes).to(device)
+    model = build_model(cfg, num_classes, encoder_weights=False).to(device)
     state = {k: v.float() if torch.is_floating_point(v) else v for k, v in payload["model"].items()}
     load_model_state(model, state, f"checkpoint {path}", num_classes)
     payload["config"] = cfg

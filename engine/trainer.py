@@ -143,14 +143,13 @@ class Trainer:
         self.num_classes = cfg["data"]["num_classes"] or self.train_set.num_classes
         self.val_set = self._build_val_set(data_cfg)
 
-        model_cfg = cfg
-        if self.tcfg["segmenter_checkpoint"] and cfg["segmenter"]["encoder_weights"] not in (None, "", "none"):
-            # the file replaces every segmenter weight: the encoder's start (a package, a download, a local file) is
-            # never read; the random draws are the same either way, so runs repeat as before
+        # a segmenter file replaces every segmenter weight, so the encoder's start (a package, a download, a local
+        # file) is not read; the random draws are the same either way, so runs repeat as before
+        replaced = bool(self.tcfg["segmenter_checkpoint"])
+        if replaced and cfg["segmenter"]["encoder_weights"] not in (None, "", "none"):
             log.info("segmenter.encoder_weights (%s) not read: train.segmenter_checkpoint replaces the segmenter",
                      cfg["segmenter"]["encoder_weights"])
-            model_cfg = {**cfg, "segmenter": {**cfg["segmenter"], "encoder_weights": None}}
-        self.model = build_model(model_cfg, self.num_classes).to(self.device)
+        self.model = build_model(cfg, self.num_classes, encoder_weights=not replaced).to(self.device)
         # the live segmenter (L_seg, stage 1) trains in channels-last layout, as the fusion network and the scoring
         # copy run: the same function, and EfficientNet-Lite0 trains 1.7x faster so at 256² on the CPU (D10)
         self.model.segmenter.to(memory_format=torch.channels_last)

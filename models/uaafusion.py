@@ -214,15 +214,20 @@ class _FullPrecisionAttention:
             return self.inner.map_for_next_stage()
 
 
-def build_model(cfg: dict, num_classes: int) -> UAAFusion:
+def build_model(cfg: dict, num_classes: int, encoder_weights: bool = True) -> UAAFusion:
     """Build UAAFusion from the ``fusion``, ``segmenter`` and ``attribution`` blocks of a config dict.
 
     Each block's keys are the constructor arguments of :class:`UAAFusionNet`, :func:`build_segmenter` and
     :class:`AttributionSettings`; an unknown key raises a TypeError naming it. The attribution's ignore index is
-    the dataset's (``data.ignore_index``, one key for labels, regions and L_seg).
+    the dataset's (``data.ignore_index``, one key for labels, regions and L_seg). ``encoder_weights=False`` leaves
+    ``segmenter.encoder_weights`` unread (random initial weights, the same random draws), for callers that fill
+    every segmenter weight from a file next, so that file needs no encoder package, download or weight file.
     """
     fusion = UAAFusionNet(**cfg.get("fusion", {}))
-    segmenter = build_segmenter(num_classes=num_classes, **cfg.get("segmenter", {}))
+    segmenter_cfg = dict(cfg.get("segmenter", {}))
+    if not encoder_weights:
+        segmenter_cfg["encoder_weights"] = None
+    segmenter = build_segmenter(num_classes=num_classes, **segmenter_cfg)
     attribution_cfg = dict(cfg.get("attribution", {}))
     if "data" in cfg and "ignore_index" in cfg["data"]:
         attribution_cfg.setdefault("ignore_index", cfg["data"]["ignore_index"])

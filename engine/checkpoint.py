@@ -230,6 +230,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def segmenter_state(payload: dict[str, Any]) -> dict[str, Any]:
+    """The segmenter's weights in a checkpoint: a segmenter checkpoint's ``segmenter`` entry
+    (``scripts.pretrain_segmenter``) or the ``segmenter.*`` weights of a model file, without that prefix."""
+    state = payload.get("segmenter") or payload.get("model", {})
+    return {k[len("segmenter."):]: v for k, v in state.items() if k.startswith("segmenter.")} or state
+
+
 def load_model_from_checkpoint(path: str | Path, cfg: dict | None = None, device: str | torch.device = "cpu",
                                overrides: list[str] | tuple[str, ...] = ()) -> tuple[UAAFusion, dict]:
     """Rebuild the model of a training checkpoint and load its weights (restored to float32).

@@ -30,6 +30,7 @@ from engine.checkpoint import (
     restore_rng_states,
     rng_states,
     save_checkpoint,
+    segmenter_state,
     state_mismatch,
 )
 from engine.compile import compile_fusion
@@ -260,9 +261,7 @@ class Trainer:
                 f"train.segmenter_checkpoint {path} does not exist: write it first with "
                 f"python -m scripts.pretrain_segmenter ... --save {path} (the config's header has the command), "
                 "or set train.segmenter_checkpoint=null to pre-train inside the run (train.segmenter_pretrain_epochs)")
-        payload = load_checkpoint(path, map_location=self.device)
-        state = payload.get("segmenter") or payload.get("model", {})
-        state = {k[len("segmenter."):]: v for k, v in state.items() if k.startswith("segmenter.")} or state
+        state = segmenter_state(load_checkpoint(path, map_location=self.device))
         try:
             self.model.segmenter.load_state_dict(state)
         except RuntimeError:

@@ -18,7 +18,7 @@ the batch (pooled regions, training-mode segmenter) use the per-step loops inste
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,12 @@ class AttributionSettings:
         weights: ``ig`` (Eq. 5–8, the paper) or ``uniform``, **an ablation, not in the paper**: w_ir = w_vi = 0.5
             on every pixel, in the gradient step and in L_int, and no IG passes (the regions and the path attention
             are computed as usual). It asks whether the class-wise attribution helps (docs/RESULTS.md).
+        region_scales, region_flip: **an extension, not in the paper**: at inference, take the regions (and
+            release row 4's soft mask) from several views of I^(0), as DeepLabV3+'s multi-scale evaluation does:
+            I^(0) resized by each factor of ``region_scales`` and, with ``region_flip``, mirrored too; the regions
+            are the argmax of the mean softmax of the views' scores, the mask the mean of their activated scores.
+            The default, ``[1.0]`` without mirroring, is the paper's single pass. Training regions are the labels,
+            and the IG and attention passes stay on I^(0) itself (docs/DECISIONS.md D21).
         ig_chunk: images per forward pass in the fast IG (0: all T·M·N at once; default N, one scaled copy of
             the batch per pass, which suits CPUs: 2N was 4–5 % faster at 640×480 but took 40 % more memory per
             pixel and was slower on larger images; raise it on a GPU).
@@ -96,6 +102,8 @@ class AttributionSettings:
     attention_initial_gradient: bool = False
     attention_normalize: str = "none"
     weights: str = "ig"
+    region_scales: list[float] = field(default_factory=lambda: [1.0])
+    region_flip: bool = False
     ig_chunk: int | None = None
     fold_batchnorm: bool = True
     fast_scoring: bool = True
@@ -119,6 +127,16 @@ class AttributionSettings:
                 raise ValueError(f"attribution.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.ig_steps < 1 or self.attention_substeps < 1:
             raise ValueError("attribution.ig_steps and attribution.attention_substeps must be >= 1")
+        scales = self.region_scales
+        if (not isinstance(scales, (list, tuple)) or not scales
+                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in scales)):
+            raise ValueError(f"attribution.region_scales must be a non-empty list of positive numbers, got {scales!r}")
+        self.region_scales = [float(s) for s in scales]
+
+    @property
+    def single_region_view(self) -> bool:
+        """Whether the inference regions come from the plain pass on I^(0) alone (the paper)."""
+        return self.region_scales == [1.0] and not self.region_flip
 
 
 # --------------------------------------------------------------------------------------------- helpers

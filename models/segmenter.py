@@ -170,3 +170,33 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         return x, (h, w)
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def view_scores(model: nn.Module, image: torch.Tensor, scales: tuple[float, ...] = (1.0,), flip: bool = False,
+                multiple: int | None = None) -> list[torch.Tensor]:
+    """The model's raw scores on rescaled and mirrored views of ``image``, each mapped back onto the image.
+
+    A view is ``image`` resized by a factor s of ``scales`` (bilinear) and, with ``flip``, also mirrored left to
+    right; it is padded to ``multiple``, scored, cropped, mirrored back and resized (bilinear) to the image's size.
+    The view at scale 1 without mirroring is the plain pass: its scores are exactly ``model(image)`` (after the
+    pad-and-crop). DeepLabV3+'s multi-scale evaluation (Chen et al., ECCV 2018) averages such views.
+
+    image: (N, C_in, H, W) → a list of (N, C, H, W), one per view: scales in order, each unmirrored then mirrored.
+    Runs without gradient; the model's mode is left as it is.
+    """
+    height, width = image.shape[-2:]
+    out = []
+    for scale in scales:
+        if scale == 1:
+            resized = image
+        else:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        for mirrored in ((False, True) if flip else (False,)):
+            scores = segment(model, resized.flip(-1) if mirrored else resized, multiple)
+            if mirrored:
+                scores = scores.flip(-1)
+            if scores.shape[-2:] != (height, width):
+                scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
+            out.append(scores)
+    return out

@@ -30,7 +30,7 @@ from models.attribution import (
 )
 from models.fusion_net import FusionOutput, UAAFusionNet
 from models.scoring import prepare_scoring_model
-from models.segmenter import build_segmenter
+from models.segmenter import build_segmenter, segmenter_stride, view_scores
 
 
 @dataclass
@@ -98,11 +98,22 @@ class UAAFusion(nn.Module):
     def predict_regions(
         self, image: torch.Tensor, scoring: nn.Module | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Regions (argmax, (N, H, W)) and scores (N, C, H, W) of the segmenter on ``image`` (no gradient)."""
+        """Regions (argmax, (N, H, W)) and scores (N, C, H, W) of the segmenter on ``image`` (no gradient).
+
+        With several views (``attribution.region_scales`` / ``region_flip``, an extension): the argmax of the mean
+        softmax of the views' raw scores, and the mean of their activated scores.
+        """
         scoring = scoring or self.scoring_model()
+        settings = self.attribution
         with torch.no_grad():
-            scores = apply_score_activation(scoring(image), self.attribution.score_activation)
-        return scores.argmax(dim=1), scores
+            if settings.single_region_view:
+                scores = apply_score_activation(scoring(image), settings.score_activation)
+                return scores.argmax(dim=1), scores
+            views = view_scores(scoring, image, tuple(settings.region_scales), settings.region_flip,
+                                segmenter_stride(self.segmenter))
+            regions = torch.stack([v.softmax(dim=1) for v in views]).mean(dim=0).argmax(dim=1)
+            scores = torch.stack([apply_score_activation(v, settings.score_activation) for v in views]).mean(dim=0)
+        return regions, scores
 
     def attribute(
         self, ir: torch.Tensor, vi: torch.Tensor, labels: torch.Tensor | None = None, per_image: bool = False

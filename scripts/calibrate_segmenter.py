@@ -41,7 +41,7 @@ from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.runtime import configure_threads, resolve_device
 from losses.class_weights import resolve_seg_class_weights
 from metrics.segmentation import class_scores, confusion_matrix
-from models.segmenter import build_segmenter, segment
+from models.segmenter import build_segmenter, view_scores
 from scripts.batchnorm_swap import training_set
 from scripts.pretrain_segmenter import source_image
 from scripts.real_results import iou_summary
@@ -82,26 +82,35 @@ def adjusted_state(state: dict, bias_key: str, offsets: torch.Tensor) -> dict:
 def confusions_by_tau(scored: Iterable[tuple[np.ndarray, np.ndarray]], log_weights: np.ndarray, taus: list[float],
                       num_classes: int, ignore_index: int = 255) -> dict[float, np.ndarray]:
     """The confusion matrix of argmax_c(f_c − τ · ln w_c) against the labels, summed over ``scored`` (pairs of
-    (C, H, W) scores and (H, W) labels, read once: a generator keeps one scene in memory), for each τ."""
+    (C, H, W) scores and (H, W) labels, read once: a generator keeps one scene in memory), for each τ.
+
+    Scores of several views, (V, C, H, W) (``attribution.region_scales`` / ``region_flip``), are adjusted each and
+    combined as the model's inference combines them: the argmax of the mean of their softmax.
+    """
     out = {tau: np.zeros((num_classes, num_classes), dtype=np.int64) for tau in taus}
     for scores, label in scored:
         for tau in taus:
-            pred = (scores - tau * log_weights[:, None, None]).argmax(axis=0)
+            adjusted = scores - tau * log_weights[:, None, None]
+            if adjusted.ndim == 4 and len(adjusted) > 1:
+                pred = torch.from_numpy(adjusted).softmax(dim=1).mean(dim=0).argmax(dim=0).numpy()
+            else:
+                pred = adjusted.reshape(adjusted.shape[-3:]).argmax(axis=0)
             out[tau] += confusion_matrix(pred, label, num_classes, ignore_index)
     return out
 
 
 def score_grid(segmenter: torch.nn.Module, dataset, count: int, log_weights: np.ndarray, taus: list[float],
-               num_classes: int, ignore_index: int, desc: str, quiet: bool) -> dict[float, np.ndarray]:
+               num_classes: int, ignore_index: int, desc: str, quiet: bool,
+               views: tuple[tuple[float, ...], bool] = ((1.0,), False)) -> dict[float, np.ndarray]:
     """Confusion matrices, per τ, of the segmenter's adjusted argmax on the averaged image of ``dataset``'s first
-    ``count`` scenes (full size, on the segmenter's device)."""
+    ``count`` scenes (full size, on the segmenter's device); ``views``: (scales, flip) of the inference regions."""
     device = next(segmenter.parameters()).device
 
     def scored():
         for i in tqdm(range(count), desc=desc, disable=quiet):
             sample = dataset[i]
-            scores = segment(segmenter, source_image(sample, "avg")[None].to(device))[0]
-            yield scores.double().cpu().numpy(), sample["label"].numpy()
+            scores = torch.stack(view_scores(segmenter, source_image(sample, "avg")[None].to(device), *views))
+            yield scores[:, 0].double().cpu().numpy(), sample["label"].numpy()
 
     with torch.no_grad():
         return confusions_by_tau(scored(), log_weights, taus, num_classes, ignore_index)
@@ -188,9 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     segmenter = segmenter.to(resolve_device(args.device)).eval()
     log_weights = np.log(weights.double().numpy())
     ignore = int(config["data"].get("ignore_index", 255))
+    regions_from = config.get("attribution", {})
+    views = (tuple(regions_from.get("region_scales", [1.0])), bool(regions_from.get("region_flip", False)))
+    if views != ((1.0,), False):
+        print(f"regions from views at scales {list(views[0])}" + (", mirrored too" if views[1] else "")
+              + " (attribution.region_scales / region_flip)")
     if args.tau == "auto":
         confusions = score_grid(segmenter, train, count, log_weights, args.grid, num_classes, ignore,
-                                "scoring training scenes", args.quiet)
+                                "scoring training scenes", args.quiet, views)
         curve = {tau: round(miou_present(matrix), 4) for tau, matrix in confusions.items()}
         tau = best_tau(curve)
         for t, value in curve.items():
@@ -207,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         taus = sorted({*args.grid, tau})
         eval_curve = {}
         for t, matrix in score_grid(segmenter, held_out, len(held_out), log_weights, taus, num_classes, ignore,
-                                    "scoring --eval-root", args.quiet).items():
+                                    "scoring --eval-root", args.quiet, views).items():
             iou = np.nan_to_num(class_scores(matrix)[1])
             eval_curve[t] = {"miou_present": round(miou_present(matrix), 4), "iou": np.round(iou, 4).tolist()}
             print(f"tau {t:g}: mean IoU {eval_curve[t]['miou_present']:.4f} on {len(held_out)} scenes of "
@@ -219,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"method": "logit adjustment: class c's score − tau · ln w_c, folded into the segmenter's last bias",
               "tau": tau, "class_weights": setting, "weights": [round(float(w), 6) for w in weights],
               "offsets": [round(float(o), 6) for o in offsets], "chosen_on": None if curve is None else
-              f"{count} training scenes, mean IoU of the averaged image", "curve": curve, "source": str(args.model)}
+              f"{count} training scenes, mean IoU of the averaged image", "region_views":
+              {"scales": list(views[0]), "flip": views[1]}, "curve": curve, "source": str(args.model)}
     if eval_curve is not None:
         record["eval_curve"] = {"root": str(args.eval_root), "by_tau": eval_curve}
     if "calibration" in payload:

@@ -35,14 +35,21 @@ def test_the_imagenet_models_segmenters_find_people_and_cars_in_a_night_scene(na
 
 
 def test_the_default_models_segmenter_carries_the_logit_adjustment_its_record_names():
-    """checkpoints/uaafusion_mfnet.pt is the session-14 model calibrated by scripts.calibrate_segmenter: its record
-    holds offsets −τ · ln w_c for the τ that scored best on the training scenes (docs/DECISIONS.md D17)."""
+    """checkpoints/uaafusion_mfnet.pt (since session 21): the session-14 fusion network under session 18's
+    pre-trained segmenter (``scripts.export_model --segmenter``), regions from three scales and their mirror images,
+    calibrated for those views by scripts.calibrate_segmenter: its record holds offsets −τ · ln w_c for the τ that
+    scored best on the training scenes (docs/DECISIONS.md D17, D21)."""
     import numpy as np
 
     from scripts.calibrate_segmenter import best_tau
 
-    record = torch.load(REPO / "checkpoints" / "uaafusion_mfnet.pt", map_location="cpu",
-                        weights_only=True)["calibration"]
-    assert record["class_weights"] == "log" and record["tau"] == 0.625 == best_tau(record["curve"])
+    payload = torch.load(REPO / "checkpoints" / "uaafusion_mfnet.pt", map_location="cpu", weights_only=True)
+    record = payload["calibration"]
+    assert record["class_weights"] == "log" and record["tau"] == 0.5 == best_tau(record["curve"])
     np.testing.assert_allclose(record["offsets"], -record["tau"] * np.log(record["weights"]), atol=1e-5)
-    assert record["eval_curve"]["by_tau"][0.625]["miou_present"] == pytest.approx(0.4207, abs=1e-4)
+    assert record["eval_curve"]["by_tau"][0.5]["miou_present"] == pytest.approx(0.4028, abs=1e-4)
+    views = payload["config"]["attribution"]
+    assert record["region_views"] == {"scales": [1, 1.5, 2], "flip": True}
+    assert (views["region_scales"], views["region_flip"]) == ([1, 1.5, 2], True)
+    assert payload["exported_from"]["segmenter"]["file"] == "segmenter.pt"
+    assert "earlier" not in record  # the replaced segmenter's calibration was dropped, not added to

@@ -294,3 +294,36 @@ def test_uniform_weights_ablation_skips_ig_and_fuses_with_one_half(monkeypatch):
     torch.testing.assert_close(out.fused, reference.fused, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="attribution.weights must be one of"):
         AttributionSettings(weights="fixed")
+
+
+def test_inference_regions_from_several_views_are_the_argmax_of_their_mean_softmax():
+    """``attribution.region_scales`` / ``region_flip`` (an extension): the regions are the argmax of the mean softmax
+    of the segmenter's views of I^(0), the soft mask their mean score; one view at scale 1 is the paper's pass."""
+    from engine.config import load_config
+    from models.segmenter import view_scores
+    from models.uaafusion import build_model
+    from tests.helpers.factories import TINY_MODEL
+
+    torch.manual_seed(0)
+    plain = build_model(load_config(None, TINY_MODEL), num_classes=3).double().eval()
+    viewed = build_model(load_config(None, [*TINY_MODEL, "attribution.region_scales=[1, 1.5]",
+                                            "attribution.region_flip=true", "attribution.weights=uniform"]),
+                         num_classes=3).double().eval()  # uniform: no IG passes, the regions as with IG
+    viewed.load_state_dict(plain.state_dict())
+    ir, vi = torch.rand(1, 1, 32, 32, dtype=torch.float64), torch.rand(1, 1, 32, 32, dtype=torch.float64)
+    image = plain.fusion.initial_estimate(ir, vi)
+    regions, scores = viewed.predict_regions(image)
+    views = view_scores(plain.segmenter, image, (1.0, 1.5), flip=True)
+    assert len(views) == 4
+    assert torch.equal(regions, torch.stack([v.softmax(dim=1) for v in views]).mean(dim=0).argmax(dim=1))
+    torch.testing.assert_close(scores, torch.stack(views).mean(dim=0), rtol=0, atol=1e-9)
+    assert torch.equal(viewed.attribute(ir, vi)[0]["regions"], regions)  # what the fusion's weights use
+
+    twice = build_model(load_config(None, [*TINY_MODEL, "attribution.region_scales=[1, 1]"]), num_classes=3)
+    twice = twice.double().eval()
+    twice.load_state_dict(plain.state_dict())
+    assert torch.equal(twice.predict_regions(image)[0], plain.predict_regions(image)[0])  # equal views: one pass
+    assert plain.attribution.single_region_view and not twice.attribution.single_region_view
+    for bad in ([], [1.0, 0.0], "1.5", [True]):
+        with pytest.raises(ValueError, match="region_scales"):
+            AttributionSettings(region_scales=bad)

@@ -124,3 +124,17 @@ def test_the_cli_refuses_what_it_cannot_calibrate(synthetic_root, tmp_path, caps
     for bad in (["--tau", "x"], ["--tau", "-1"], ["--grid", "-0.5"]):
         with pytest.raises(SystemExit):
             cal.parse_args(["--model", "m.pt", "--save", "o.pt", *bad])
+
+
+def test_several_views_are_adjusted_each_and_combined_by_their_mean_softmax():
+    """Three views of one pixel: logits (10, 0), (0, 2), (0, 2). The mean of the logits favours class 0, the mean
+    softmax (0.413, 0.587) class 1, which the inference regions use; τ shifts every view before the softmax."""
+    views = np.array([[10.0, 0.0], [0.0, 2.0], [0.0, 2.0]])[:, :, None, None]  # (V, C, 1, 1)
+    label = np.ones((1, 1), dtype=np.int64)
+    hits = cal.confusions_by_tau([(views, label)], np.zeros(2), [0.0], 2)[0.0]
+    assert hits[1, 1] == 1  # class 1 predicted
+    single = cal.confusions_by_tau([(views.mean(axis=0), label)], np.zeros(2), [0.0], 2)[0.0]
+    assert single[1, 0] == 1  # one (C, H, W) view: its argmax, class 0
+    # ln w = (0, 3): at τ = 1 class 1 loses 3 in every view → (10, −3), (0, −1), (0, −1): class 0
+    shifted = cal.confusions_by_tau([(views, label)], np.array([0.0, 3.0]), [0.0, 1.0], 2)
+    assert shifted[0.0][1, 1] == 1 and shifted[1.0][1, 0] == 1

@@ -138,7 +138,8 @@ def test_export_keeps_the_model_and_drops_the_training_state(tmp_path):
     source = tmp_path / "last.pt"
     save_checkpoint(source, {"model": model.state_dict(), "config": cfg, "num_classes": 4, "class_names": list("abcd"),
                              "optimizers": {"joint": {"state": {}}}, "rng": {"torch": torch.get_rng_state()},
-                             "history": [{"epoch": 1, "loss_total": 0.5}], "global_step": 7})
+                             "history": [{"epoch": 1, "loss_total": 0.5}], "global_step": 7,
+                             "calibration": {"tau": 0.5}})
     for half in (False, True):
         target = tmp_path / f"shipped_{half}.pt"
         assert export_model.main([str(source), str(target)] + (["--half"] if half else [])) == 0
@@ -153,3 +154,43 @@ def test_export_keeps_the_model_and_drops_the_training_state(tmp_path):
             tolerance = 1e-3 * max(value.abs().max().item(), 1.0) if half else 0.0
             torch.testing.assert_close(loaded.state_dict()[key].to(value.dtype), value, rtol=0, atol=tolerance)
     assert load_checkpoint(tmp_path / "shipped_False.pt")["class_names"] == list("abcd")
+    assert payload["calibration"] == {"tau": 0.5}  # a calibrated model file stays one
+
+    viewed = tmp_path / "viewed.pt"
+    assert export_model.main([str(source), str(viewed), "--set", "attribution.region_scales=[1, 2]",
+                              "--set", "attribution.region_flip=true"]) == 0
+    stored = load_checkpoint(viewed)["config"]["attribution"]
+    assert stored["region_scales"] == [1, 2] and stored["region_flip"] is True
+    assert load_model_from_checkpoint(viewed)[0].attribution.region_scales == [1.0, 2.0]
+    assert export_model.main([str(source), str(tmp_path / "bad.pt"), "--set", "attribution.nope=1"]) == 2
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_export_can_put_another_segmenter_under_the_fusion_network(tmp_path):
+    """``--segmenter``: the segmenter's weights come from a segmenter checkpoint, everything else from the source;
+    the source's calibration record (of the replaced segmenter) is dropped; a segmenter that does not fit is refused."""
+    cfg = load_config(None, TINY_MODEL)
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=4)
+    source = tmp_path / "model.pt"
+    save_checkpoint(source, {"model": model.state_dict(), "config": cfg, "num_classes": 4,
+                             "calibration": {"tau": 0.5}})
+    torch.manual_seed(1)
+    other = build_model(cfg, num_classes=4).segmenter.state_dict()
+    segmenter_file = tmp_path / "segmenter.pt"
+    save_checkpoint(segmenter_file, {"segmenter": other, "num_classes": 4})
+    target = tmp_path / "assembled.pt"
+    assert export_model.main([str(source), str(target), "--segmenter", str(segmenter_file)]) == 0
+    payload = load_checkpoint(target)
+    assert "calibration" not in payload and payload["exported_from"]["segmenter"]["file"] == "segmenter.pt"
+    loaded, _ = load_model_from_checkpoint(target)
+    for key, value in loaded.segmenter.state_dict().items():
+        assert torch.equal(value, other[key]), key
+    for key, value in loaded.fusion.state_dict().items():
+        assert torch.equal(value, model.fusion.state_dict()[key]), key
+    assert any(not torch.equal(v, model.segmenter.state_dict()[k]) for k, v in other.items() if v.is_floating_point())
+
+    misfit = tmp_path / "misfit.pt"
+    save_checkpoint(misfit, {"segmenter": build_model(cfg, num_classes=6).segmenter.state_dict(), "num_classes": 6})
+    assert export_model.main([str(source), str(tmp_path / "bad.pt"), "--segmenter", str(misfit)]) == 2
+    assert not (tmp_path / "bad.pt").exists()

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from data.datasets import build_dataset
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import load_checkpoint, save_checkpoint, segmenter_state
 from engine.runtime import configure_threads
 from engine.trainer import dataset_config
 from models.segmenter import build_segmenter, pad_to_multiple, segmenter_stride
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, KeyError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    joint = {k.removeprefix("segmenter."): v for k, v in model["model"].items() if k.startswith("segmenter.")}
+    joint = segmenter_state({"model": model["model"]})
     settings = dict(model["config"]["segmenter"], encoder_weights=None)  # the weights come from the files
     num_classes = int(model["num_classes"])
     try:

@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from data.datasets import build_dataset
-from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, segmenter_state
 from engine.runtime import configure_threads, resolve_device
 from losses.class_weights import resolve_seg_class_weights
 from metrics.segmentation import class_scores, confusion_matrix
@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, OSError, ValueError) as err:
         print(f"error: the model's training set (config data) cannot be read: {err}", file=sys.stderr)
         return 2
-    state = {k.removeprefix("segmenter."): v.float() for k, v in payload["model"].items()
-             if k.startswith("segmenter.")}
+    state = {k: v.float() for k, v in segmenter_state({"model": payload["model"]}).items()}
     segmenter = build_segmenter(num_classes, **dict(config["segmenter"], encoder_weights=None))
     segmenter.load_state_dict(state)
     try:

@@ -34,7 +34,7 @@ def replace_segmenter(model_state: dict, source: Path) -> dict:
     """``model_state`` with its ``segmenter.*`` weights taken from the segmenter checkpoint or model file
     ``source``, which must hold the same keys with the same shapes."""
     new = segmenter_state(load_checkpoint(source))
-    old = {k[len("segmenter."):]: v for k, v in model_state.items() if k.startswith("segmenter.")}
+    old = segmenter_state({"model": model_state})
     missing, unexpected = sorted(set(old) - set(new)), sorted(set(new) - set(old))
     reshaped = sorted(k for k in set(old) & set(new) if tuple(old[k].shape) != tuple(new[k].shape))
     if missing or unexpected or reshaped:

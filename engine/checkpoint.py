@@ -161,10 +161,12 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", 
         raise describe_load_failure(path, what, err) from err
 
 
-def state_mismatch(model: torch.nn.Module, state: dict[str, Any], num_classes: int | None = None) -> str:
-    """How ``state`` differs from ``model.state_dict()``, in one line: the class count when only the class layers
-    differ (their first dimension), else the number of missing / unexpected keys and of shape mismatches."""
-    expected = model.state_dict()
+def state_mismatch(model: torch.nn.Module | dict[str, Any], state: dict[str, Any], num_classes: int | None = None
+                   ) -> str:
+    """How ``state`` differs from ``model.state_dict()`` (or from ``model`` when it is a state dict), in one line:
+    the class count when only the class layers differ (their first dimension), else the number of missing /
+    unexpected keys and of shape mismatches."""
+    expected = model.state_dict() if isinstance(model, torch.nn.Module) else model
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]

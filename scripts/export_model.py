@@ -24,23 +24,20 @@ import torch
 if not __package__:  # run by path (python scripts/NAME.py): put the repository root on the import path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, segmenter_state
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, segmenter_state, state_mismatch
 from engine.config import ConfigError, apply_overrides
 
 KEPT = ("num_classes", "class_names", "history", "seed", "calibration")
 
 
-def replace_segmenter(model_state: dict, source: Path) -> dict:
+def replace_segmenter(model_state: dict, source: Path, num_classes: int | None = None) -> dict:
     """``model_state`` with its ``segmenter.*`` weights taken from the segmenter checkpoint or model file
     ``source``, which must hold the same keys with the same shapes."""
     new = segmenter_state(load_checkpoint(source))
     old = segmenter_state({"model": model_state})
-    missing, unexpected = sorted(set(old) - set(new)), sorted(set(new) - set(old))
-    reshaped = sorted(k for k in set(old) & set(new) if tuple(old[k].shape) != tuple(new[k].shape))
-    if missing or unexpected or reshaped:
-        raise CheckpointError(f"--segmenter {source} does not fit the model's segmenter: {len(missing)} missing "
-                              f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
-                              f"{len(reshaped)} of another shape (e.g. {reshaped[:2]})")
+    if set(old) != set(new) or any(tuple(old[k].shape) != tuple(new[k].shape) for k in old):
+        raise CheckpointError(f"--segmenter {source} does not fit the model's segmenter: "
+                              f"{state_mismatch(old, new, num_classes)}")
     return {**model_state, **{f"segmenter.{k}": v.to(model_state[f"segmenter.{k}"].dtype) for k, v in new.items()}}
 
 
@@ -52,7 +49,8 @@ def export(source: Path, target: Path, half: bool = False, note: str = "", overr
     for key in ("model", "config"):
         if key not in payload:
             raise CheckpointError(f"{source} has no '{key}' entry; not a training checkpoint")
-    state = payload["model"] if segmenter is None else replace_segmenter(payload["model"], segmenter)
+    state = (payload["model"] if segmenter is None
+             else replace_segmenter(payload["model"], segmenter, payload.get("num_classes")))
     weights = {k: (v.half() if half and torch.is_floating_point(v) else v).contiguous().clone()
                for k, v in state.items()}
     overflow = [k for k, v in weights.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
